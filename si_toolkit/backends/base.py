@@ -1,0 +1,115 @@
+"""The Backend protocol shared by the transformers (`hf`) and vLLM (`vllm`) backends."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import numpy as np
+
+from si_toolkit.errors import SIError
+
+__all__ = ["SamplingConfig", "Generation", "ScoreRequest", "Backend", "make_backend", "BACKENDS"]
+
+BACKENDS = ("auto", "hf", "vllm")
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How responses are sampled. The defaults are the ones SI-SPEC §1 needs for an MI estimate."""
+
+    max_new_tokens: int = field(default=192, metadata={"help": "Maximum generated tokens per response."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature; 1.0 for an MI estimate."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus truncation; 1.0 (off) for an MI estimate."})
+    top_k: int = field(default=0, metadata={"help": "Top-k truncation; 0 (off) for an MI estimate."})
+    replicates: int = field(default=1, metadata={"help": "R: responses per (prompt, variant)."})
+    seed: int = field(default=0, metadata={"help": "Base seed; each work unit derives its own from it."})
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise SIError(f"max_new_tokens = {self.max_new_tokens}: must be >= 1")
+        if not 0.0 < self.temperature <= 10.0:
+            raise SIError(f"temperature = {self.temperature}: must be in (0, 10]")
+        if not 0.0 < self.top_p <= 1.0:
+            raise SIError(f"top_p = {self.top_p}: must be in (0, 1]")
+        if self.top_k < 0:
+            raise SIError(f"top_k = {self.top_k}: must be >= 0 (0 disables it)")
+        if self.replicates < 1:
+            raise SIError(f"replicates = {self.replicates}: must be >= 1")
+
+    @property
+    def is_exact(self) -> bool:
+        """True when sampling is untruncated at T=1, so the summed critic gives the exact posterior."""
+        return self.temperature == 1.0 and self.top_p == 1.0 and self.top_k == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One sampled continuation: its token ids (the EOS token included when it was generated)."""
+
+    token_ids: list[int]
+    finish_reason: Literal["stop", "length"]
+    # Per-token log-probs of the sampled ids under the sampling distribution's model (T applied
+    # only when the backend reports it so); None when the backend did not compute them.
+    logprobs: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    """Teacher-force `continuation_ids` after `prefix_ids`; many requests share a prefix."""
+
+    prefix_ids: tuple[int, ...]
+    continuation_ids: tuple[int, ...]
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What the sampling and scoring stages need from a model."""
+
+    name: str
+    model_name: str
+    dtype: str
+    max_context: int
+
+    def generate(
+        self, prompt_ids: list[list[int]], config: SamplingConfig, seed: int
+    ) -> list[list[Generation]]:
+        """For each prompt, `config.replicates` sampled continuations; deterministic given `seed`
+        and the same list of prompts."""
+        ...
+
+    def score(self, requests: list[ScoreRequest]) -> list[np.ndarray]:
+        """For each request, float64 log π(y_t | prefix, y_<t) for every continuation token (nats)."""
+        ...
+
+    def close(self) -> None:
+        """Release the model (GPU memory, engine processes)."""
+        ...
+
+
+def make_backend(
+    name: str,
+    model_ref: str,
+    *,
+    dtype: str = "bfloat16",
+    device: str = "auto",
+    trust_remote_code: bool = False,
+    engine_options: dict[str, Any] | None = None,
+) -> Backend:
+    """Build a backend by name. `auto` picks vLLM when it is importable, else transformers."""
+    if name not in BACKENDS:
+        raise SIError(f"--backend {name!r} is not one of {list(BACKENDS)}")
+    if name == "auto":
+        import importlib.util
+
+        name = "vllm" if importlib.util.find_spec("vllm") is not None else "hf"
+    if name == "vllm":
+        from si_toolkit.backends.vllm import VLLMBackend
+
+        return VLLMBackend(model_ref, dtype=dtype, trust_remote_code=trust_remote_code, **(engine_options or {}))
+    from si_toolkit.backends.hf import HFBackend
+
+    return HFBackend(model_ref, dtype=dtype, device=device, trust_remote_code=trust_remote_code)

@@ -1,0 +1,327 @@
+"""The `si` command line. Thin: parse options, call one stage function, print with rich.
+
+User mistakes (SIError) print one line on stderr and exit 2; `--debug` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from si_toolkit.errors import SIError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_show_locals=False,  # locals may hold configs or secrets
+    help="Rank principle sets by the Sufficiency Index of a model's chain of thought.",
+)
+principles_app = typer.Typer(no_args_is_help=True, help="Validate and inspect principle-set files.")
+app.add_typer(principles_app, name="principles")
+err = Console(stderr=True)
+out = Console()
+
+_STATE = {"debug": False}
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+) -> None:
+    _STATE["debug"] = debug
+
+
+# Options shared by rank / sample ------------------------------------------------------------
+FilesArg = Annotated[list[Path], typer.Argument(help="Principle-set YAML files.", show_default=False)]
+PromptsOpt = Annotated[str, typer.Option("--prompts", help="builtin:mixed|arithmetic|open or a JSONL/CSV/Parquet file.")]
+ModelOpt = Annotated[str, typer.Option("--model", help="embedded, a model folder, or an HF id in the local cache.")]
+BackendOpt = Annotated[str, typer.Option("--backend", help="hf, vllm, or auto (vllm when importable).")]
+DtypeOpt = Annotated[str, typer.Option("--dtype", help="float32 or bfloat16.")]
+ProfileOpt = Annotated[str, typer.Option("--profile", help="quick (minutes on a CPU) or standard (GPU host).")]
+OutOpt = Annotated[Path | None, typer.Option("--out", help="Run folder (default reports/<set names>-<profile>).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the estimates as JSON on stdout.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", help="No progress bars.")]
+ShardOpt = Annotated[str | None, typer.Option("--shard", help="I/N: do only units u with u % N == I (multi-GPU).")]
+
+
+def _fail(error: BaseException) -> None:
+    if _STATE["debug"]:
+        raise error
+    err.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=2)
+
+
+def _progress(quiet: bool, description: str, total: int) -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        TimeRemainingColumn(), console=err, disable=quiet, transient=False)
+    return progress, description, total
+
+
+def _run_with_progress(quiet: bool, description: str, total: int, work: Any) -> bool:
+    progress, description, total = _progress(quiet, description, total)
+    with progress:
+        task = progress.add_task(description, total=total)
+        return bool(work(lambda n: progress.advance(task, n)))
+
+
+@app.command()
+def rank(
+    files: FilesArg,
+    prompts: PromptsOpt = "builtin:mixed",
+    model: ModelOpt = "embedded",
+    backend: BackendOpt = "hf",
+    dtype: DtypeOpt = "bfloat16",
+    profile: ProfileOpt = "quick",
+    n_prompts: Annotated[int | None, typer.Option("--n-prompts", help="Prompts per set (overrides the profile).")] = None,
+    replicates: Annotated[int | None, typer.Option("--replicates", help="R responses per (prompt, variant).")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens", help="Tokens per response.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Base seed.")] = 0,
+    out: OutOpt = None,
+    force_new: Annotated[bool, typer.Option("--force-new", help="Move an existing run with another config aside.")] = False,
+    no_prefill: Annotated[bool, typer.Option("--no-prefill", help="Do not prefill the assistant turn with <think>.")] = False,
+    no_report: Annotated[bool, typer.Option("--no-report", help="Skip writing report.html/.md.")] = False,
+    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Allow model code from the model folder.")] = False,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Sample, score and estimate SI for each principle set; print the ranking (resumes a killed run)."""
+    try:
+        run = _create_run(files, prompts, model, backend, dtype, profile, n_prompts, replicates, max_new_tokens,
+                          seed, out, force_new, no_prefill)
+        estimates = _run_all(run, trust_remote_code, quiet)
+        if not no_report:
+            _write_report(run.path, quiet)
+        _print_estimates(estimates, run.path, json_out)
+    except SIError as error:
+        _fail(error)
+
+
+def _create_run(files: list[Path], prompts: str, model: str, backend: str, dtype: str, profile: str,
+                n_prompts: int | None, replicates: int | None, max_new_tokens: int | None, seed: int,
+                out: Path | None, force_new: bool, no_prefill: bool) -> Any:
+    from si_toolkit.backends.base import SamplingConfig
+    from si_toolkit.models import resolve_model
+    from si_toolkit.pipeline import PROFILES, RankConfig, new_manifest
+    from si_toolkit.principles import load_principle_sets
+    from si_toolkit.prompts import load_prompts
+    from si_toolkit.runs import open_run
+
+    if profile not in PROFILES:
+        raise SIError(f"--profile {profile!r}: use one of {list(PROFILES)}")
+    if not files:
+        raise SIError("no principle-set files given; e.g. `si rank principles/*.yaml`")
+    preset = PROFILES[profile]
+    sets = load_principle_sets(files)
+    n = n_prompts if n_prompts is not None else preset["n_prompts"]
+    prompt_set = load_prompts(prompts, n=n)
+    sampling = SamplingConfig(max_new_tokens=max_new_tokens or preset["max_new_tokens"],
+                              replicates=replicates or preset["replicates"], seed=seed)
+    config = RankConfig(model=model, backend=backend, dtype=dtype, prompts=prompts, n_prompts=len(prompt_set),
+                        prefill=not no_prefill, sampling=sampling)
+    resolved = resolve_model(model)
+    command = shlex.join(["si", *sys.argv[1:]]) if sys.argv and Path(sys.argv[0]).name == "si" else "si rank " + " ".join(map(str, files))
+    manifest = new_manifest(config, sets, prompt_set, command, resolved.name)
+    out = out or Path("reports") / f"{'+'.join(s.name for s in sets)[:80]}-{profile}"
+    return open_run(out, manifest, force_new=force_new)
+
+
+def _make_backend(run: Any, trust_remote_code: bool) -> Any:
+    from si_toolkit.backends.base import make_backend
+
+    cfg = run.read_manifest()["config"]
+    return make_backend(cfg["backend"], cfg["model"], dtype=cfg["dtype"], trust_remote_code=trust_remote_code)
+
+
+def _run_all(run: Any, trust_remote_code: bool, quiet: bool, shard_text: str | None = None) -> dict[str, Any]:
+    from si_toolkit.pipeline import estimate_stage
+
+    backend = None
+    try:
+        for stage in ("sample", "score"):
+            backend = _stage(run, stage, backend, trust_remote_code, quiet, shard_text)
+    finally:
+        if backend is not None:
+            backend.close()
+    return estimate_stage(run.path)
+
+
+def _stage(run: Any, stage: str, backend: Any, trust_remote_code: bool, quiet: bool, shard_text: str | None) -> Any:
+    """Run one stage unless its merged table already exists; returns the (lazily built) backend."""
+    from si_toolkit.pipeline import sample_stage, score_stage, units_left
+    from si_toolkit.runs import parse_shard
+
+    shard = parse_shard(shard_text)
+    table = run.path / ("samples.parquet" if stage == "sample" else "scores.parquet")
+    if table.is_file():
+        return backend
+    left = units_left(run, stage, shard)
+    if left:
+        backend = backend or _make_backend(run, trust_remote_code)
+    work = sample_stage if stage == "sample" else score_stage
+    verb = "sampling" if stage == "sample" else "scoring"
+    complete = _run_with_progress(quiet, verb, left, lambda advance: work(run, backend, shard, advance))
+    if not complete:
+        raise SIError(f"{run.path}: {stage} is incomplete (other shards still running?); "
+                      f"rerun `si {stage} {run.path}` without --shard once all shards finished")
+    return backend
+
+
+def _write_report(run_dir: Path, quiet: bool) -> None:
+    from si_toolkit.report import build_report
+
+    paths = build_report(run_dir)
+    if not quiet:
+        err.print(f"report: {paths.html}")
+
+
+def _print_estimates(estimates: dict[str, Any], run_dir: Path, json_out: bool) -> None:
+    if json_out:
+        sys.stdout.write(json.dumps(estimates, indent=2) + "\n")
+        return
+    from rich.table import Table
+
+    table = Table(title=f"Sufficiency Index ranking — {run_dir}")
+    for col in ("rank", "set", "K", "SI", "95% CI", "MI (bits)", "accuracy / chance", "format", "tied w/ leader"):
+        table.add_column(col, justify="left" if col == "set" else "right")
+    for entry in estimates["ranking"]:
+        s = estimates["sets"][entry["set"]]
+        ci = s["si_ci"]
+        table.add_row(str(entry["rank"]), entry["set"], str(s["K"]), f"{s['si']:.3f}",
+                      f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "n/a", f"{s['mi_col_bits']:.3f}",
+                      f"{s['accuracy']:.2f} / {s['chance']:.2f}",
+                      f"{s['format_rate']:.0%}" if s.get("format_rate") is not None else "n/a",
+                      "=" if entry["tied_with_leader"] else "")
+    out.print(table)
+
+
+@app.command()
+def sample(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder (made by `si rank` or an earlier `si sample`).")],
+    shard: ShardOpt = None,
+    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code")] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Sample responses for a run folder (resumes; --shard I/N splits the work across processes)."""
+    _stage_command(run_dir, "sample", shard, trust_remote_code, quiet)
+
+
+@app.command()
+def score(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder with samples.parquet.")],
+    shard: ShardOpt = None,
+    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code")] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Score every response under every condition (resumes; --shard I/N splits the work)."""
+    _stage_command(run_dir, "score", shard, trust_remote_code, quiet)
+
+
+def _stage_command(run_dir: Path, stage: str, shard: str | None, trust_remote_code: bool, quiet: bool) -> None:
+    from si_toolkit.runs import RunFolder
+
+    try:
+        run = RunFolder(run_dir)
+        run.read_manifest()
+        backend = _stage(run, stage, None, trust_remote_code, quiet, shard) if shard is None else _sharded(run, stage, shard, trust_remote_code, quiet)
+        if backend is not None:
+            backend.close()
+    except SIError as error:
+        _fail(error)
+
+
+def _sharded(run: Any, stage: str, shard_text: str, trust_remote_code: bool, quiet: bool) -> Any:
+    """One shard's share; the merge happens when the last shard (or a plain rerun) finds all units."""
+    from si_toolkit.pipeline import sample_stage, score_stage, units_left
+    from si_toolkit.runs import parse_shard
+
+    shard = parse_shard(shard_text)
+    left = units_left(run, stage, shard)
+    backend = _make_backend(run, trust_remote_code) if left else None
+    work = sample_stage if stage == "sample" else score_stage
+    complete = _run_with_progress(quiet, f"{stage} shard {shard_text}", left, lambda adv: work(run, backend, shard, adv))
+    err.print(f"shard {shard_text}: done; stage {'complete' if complete else 'waiting for other shards'}")
+    return backend
+
+
+@app.command()
+def estimate(
+    source: Annotated[Path, typer.Argument(help="A run folder or a scores.parquet file.")],
+    span: Annotated[str, typer.Option("--span", help="cot, answer or full.")] = "cot",
+    critic: Annotated[str, typer.Option("--critic", help="sum (exact) or mean (SAMI length-normalised).")] = "sum",
+    n_bootstrap: Annotated[int, typer.Option("--n-bootstrap", help="Bootstrap resamples for CIs.")] = 2000,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    json_out: JsonOpt = False,
+) -> None:
+    """Compute every SI-SPEC quantity from scores (writes estimates.json into a run folder)."""
+    from si_toolkit.pipeline import estimate_stage
+
+    try:
+        if not source.exists():
+            raise SIError(f"{source}: no such run folder or scores file")
+        is_default = span == "cot" and critic == "sum"
+        result = estimate_stage(source, span=span, critic=critic, n_bootstrap=n_bootstrap, seed=seed,
+                                write=source.is_dir() and is_default)
+        _print_estimates(result, source, json_out)
+    except SIError as error:
+        _fail(error)
+
+
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(help="Run folder with estimates.json.")]) -> None:
+    """(Re)build report.html, report.md, si.csv and figures/ from a run folder alone."""
+    try:
+        _write_report(run_dir, quiet=False)
+    except SIError as error:
+        _fail(error)
+
+
+@principles_app.command("validate")
+def principles_validate(files: FilesArg) -> None:
+    """Check principle-set files; prints one line per file and exits 2 on the first bad one."""
+    from si_toolkit.principles import load_principle_set
+
+    try:
+        for path in files:
+            s = load_principle_set(path)
+            out.print(f"ok  {path}  ({s.name}: mode {s.mode}, K = {s.K})", highlight=False)
+    except SIError as error:
+        _fail(error)
+
+
+@principles_app.command("show")
+def principles_show(file: Annotated[Path, typer.Argument(help="A principle-set YAML file.")]) -> None:
+    """Print a set's variants exactly as they go into the system prompt."""
+    from rich.markup import escape
+
+    from si_toolkit.principles import load_principle_set
+
+    try:
+        s = load_principle_set(file)
+    except SIError as error:
+        _fail(error)
+        return
+    out.print(f"[bold]{escape(s.name)}[/] — mode {s.mode}" + (f", design {s.design}" if s.design else "") + f", K = {s.K}")
+    if s.description:
+        out.print(escape(s.description))
+    for i, v in enumerate(s.variants):
+        out.print(f"\n[bold]variant {i}: {escape(v.label)}[/]")
+        out.print(escape(v.text))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except SIError as error:  # raised outside a command's own handler (should be rare)
+        err.print(f"error: {error}", highlight=False)
+        sys.exit(2)

@@ -1,0 +1,13 @@
+"""The one error type for mistakes a user can make (bad file, missing model, K < 2, ...).
+
+The CLI prints an `SIError` as one line and exits with code 2, without a traceback.
+Bugs stay ordinary exceptions, so they keep their traceback.
+"""
+
+from __future__ import annotations
+
+__all__ = ["SIError"]
+
+
+class SIError(ValueError):
+    """A user-caused problem. The message names the file or field, what was found and the fix."""

@@ -1,0 +1,169 @@
+"""Ties the stages together: a rank config -> a run folder -> sample -> score -> estimate -> report.
+
+The CLI calls these functions; tests call them directly. Every stage reads the run folder only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from si_toolkit.backends.base import Backend, SamplingConfig
+from si_toolkit.errors import SIError
+from si_toolkit.principles import PrincipleSet
+from si_toolkit.prompts import PromptSet
+from si_toolkit.runs import RunFolder, Shard
+
+__all__ = ["RankConfig", "PROFILES", "new_manifest", "estimate_stage", "sample_stage", "score_stage", "units_total"]
+
+# Profiles fix the size of a run. `quick` finishes the shipped sets on 2 CPU cores in minutes
+# (its CIs are wide: few prompts); `standard` is for real decisions, on a GPU host.
+PROFILES: dict[str, dict[str, Any]] = {
+    "quick": {"n_prompts": 12, "max_new_tokens": 48, "replicates": 1},
+    "standard": {"n_prompts": 200, "max_new_tokens": 384, "replicates": 2},
+}
+
+
+@dataclass(frozen=True)
+class RankConfig:
+    """Everything that determines a ranking run's results (recorded in the manifest)."""
+
+    model: str = field(default="embedded", metadata={"help": "embedded, a model folder, or a cached HF id."})
+    backend: str = field(default="hf", metadata={"help": "hf, vllm, or auto (vllm when importable)."})
+    dtype: str = field(default="bfloat16", metadata={"help": "float32 or bfloat16 for sampling and scoring."})
+    prompts: str = field(default="builtin:mixed", metadata={"help": "builtin:NAME or a JSONL/CSV/Parquet file."})
+    n_prompts: int = field(default=12, metadata={"help": "How many prompts (the first n of the set)."})
+    prefill: bool = field(default=True, metadata={"help": "Prefill the assistant turn with <think>."})
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _set_record(s: PrincipleSet) -> dict[str, Any]:
+    return {
+        "path": s.path, "mode": s.mode, "design": s.design, "description": s.description, "K": s.K,
+        "variant_labels": [v.label for v in s.variants], "variant_texts": [v.text for v in s.variants],
+        "principle_ids": [p.id for p in s.principles],
+        "principle_pairs": [list(pair) for pair in s.principle_pairs()],
+    }
+
+
+def _sha(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for pkg in ("si-toolkit", "torch", "transformers", "numpy", "scipy", "pot", "vllm"):
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def new_manifest(config: RankConfig, sets: list[PrincipleSet], prompts: PromptSet, command: str,
+                 model_name: str) -> dict[str, Any]:
+    """The manifest of a new run. `config` (plus set and prompt hashes) decides whether a run
+    folder can be resumed: any difference is refused (runs.open_run)."""
+    prompt_records = [{"id": p.id, "text": p.text, "answer": p.answer} for p in prompts.prompts]
+    cfg = config.to_dict()
+    cfg["set_hashes"] = {s.name: _sha([v.text for v in s.variants]) for s in sets}
+    cfg["prompt_hash"] = _sha([[p["id"], p["text"]] for p in prompt_records])
+    return {
+        "command": command,
+        "config": cfg,
+        "model": {"ref": config.model, "name": model_name, "backend": config.backend, "dtype": config.dtype,
+                  "scoring_model": model_name},
+        "sets": {s.name: _set_record(s) for s in sets},
+        "prompts": prompt_records,
+        "versions": _versions(),
+    }
+
+
+def units_total(manifest: dict[str, Any]) -> int:
+    from si_toolkit.sampling import plan_units
+
+    return sum(len(p.units) for p in plan_units(manifest))
+
+
+def units_left(run: RunFolder, stage: str, shard: Shard) -> int:
+    from si_toolkit.sampling import plan_units
+
+    manifest = run.read_manifest()
+    left = 0
+    for plan in plan_units(manifest):
+        done = run.done_units(stage, plan.set_name)
+        left += sum(1 for u in range(len(plan.units)) if u not in done and shard.owns(u))
+    return left
+
+
+def _timed_stage(run: RunFolder, stage: str, work: Callable[[], bool]) -> bool:
+    start = time.monotonic()
+    run.update_stage(stage, status="running")
+    complete = work()
+    run.update_stage(stage, status="done" if complete else "partial", seconds=round(time.monotonic() - start, 2))
+    return complete
+
+
+def sample_stage(run: RunFolder, backend: Backend, shard: Shard = Shard(),
+                 progress: Callable[[int], None] | None = None) -> bool:
+    from si_toolkit.sampling import run_sampling
+
+    return _timed_stage(run, "sample", lambda: run_sampling(run, backend, shard=shard, progress=progress))
+
+
+def score_stage(run: RunFolder, backend: Backend, shard: Shard = Shard(),
+                progress: Callable[[int], None] | None = None) -> bool:
+    from si_toolkit.scoring import run_scoring
+
+    return _timed_stage(run, "score", lambda: run_scoring(run, backend, shard=shard, progress=progress))
+
+
+Span = Literal["cot", "answer", "full"]
+
+
+def estimate_stage(run_or_scores: Path, *, span: str = "cot", critic: str = "sum", n_bootstrap: int = 2000,
+                   seed: int = 0, write: bool = True) -> dict[str, Any]:
+    """Estimates from a run folder (written to estimates.json) or from a bare scores.parquet."""
+    from si_toolkit.estimation import estimate_run
+
+    if span not in ("cot", "answer", "full") or critic not in ("sum", "mean"):
+        raise SIError(f"--span {span!r} / --critic {critic!r}: span is cot|answer|full, critic is sum|mean")
+    path = Path(run_or_scores)
+    if path.is_file():
+        scores = _read_parquet(path)
+        # A bare scores file carries no set metadata: variants are known only by index.
+        sets_meta = {}
+        for name, group in scores.groupby("set"):
+            k = int(group["condition"].max()) + 1
+            sets_meta[name] = {"K": k, "variant_labels": [str(i) for i in range(k)], "principle_pairs": [],
+                               "mode": "alternatives"}
+        return estimate_run(scores, None, sets_meta, span=span, critic=critic, n_bootstrap=n_bootstrap, seed=seed)
+    run = RunFolder(path)
+    manifest = run.read_manifest()
+    result = estimate_run(run.read_table("scores.parquet"), run.read_table("samples.parquet"), manifest["sets"],
+                          span=span, critic=critic, n_bootstrap=n_bootstrap, seed=seed,
+                          prompt_ids=[p["id"] for p in manifest["prompts"]])
+    if write:
+        from si_toolkit.safeio import atomic_write_json
+
+        atomic_write_json(run.path / "estimates.json", result)
+        run.update_stage("estimate", status="done")
+    return result
+
+
+def _read_parquet(path: Path) -> Any:
+    import pandas as pd
+
+    try:
+        return pd.read_parquet(path)
+    except Exception as err:  # noqa: BLE001
+        raise SIError(f"{path}: not a readable parquet file ({str(err).splitlines()[0]})") from None

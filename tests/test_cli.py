@@ -1,0 +1,133 @@
+"""The `si` command line on the tiny model: rank end to end, resume, stages alone, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from si_toolkit.cli import app
+
+runner = CliRunner()
+
+ALT = "mode: alternatives\nprinciples:\n  - id: pirate\n    text: Talk like a pirate.\n  - id: butler\n    text: Talk like a butler.\n"
+NULL = "mode: alternatives\nprinciples:\n  - id: a\n    text: Be helpful.\n  - id: b\n    text: Be helpful.\n"
+ANTI = ("mode: antithesis\nprinciples:\n  - id: brief\n    text: Be brief.\n    antithesis: Be long-winded.\n"
+        "  - id: kind\n    text: Be kind.\n    antithesis: Be rude.\n")
+
+
+def _rank(args: list[str]):
+    return runner.invoke(app, ["rank", *args], catch_exceptions=False)
+
+
+@pytest.fixture()
+def sets(write_set) -> list[str]:
+    return [str(write_set("persona", ALT)), str(write_set("null", NULL)), str(write_set("constitution", ANTI))]
+
+
+def _base(tiny_model_dir: Path, out: Path) -> list[str]:
+    return ["--model", str(tiny_model_dir), "--dtype", "float32", "--n-prompts", "5", "--max-new-tokens", "8",
+            "--out", str(out), "--quiet", "--no-report"]
+
+
+def test_rank_end_to_end_json(tiny_model_dir, sets, tmp_path) -> None:
+    result = _rank([*sets, *_base(tiny_model_dir, tmp_path / "run"), "--json"])
+    assert result.exit_code == 0, result.output
+    estimates = json.loads(result.stdout)
+    assert {e["set"] for e in estimates["ranking"]} == {"persona", "null", "constitution"}
+    assert estimates["sets"]["null"]["si"] == 0.0  # identical variants: every posterior is uniform
+    assert estimates["sets"]["constitution"]["K"] == 3 and len(estimates["sets"]["constitution"]["per_principle"]) == 2
+    run = tmp_path / "run"
+    samples, scores = pd.read_parquet(run / "samples.parquet"), pd.read_parquet(run / "scores.parquet")
+    assert len(samples) == 5 * (2 + 2 + 3)
+    assert len(scores) == 5 * (4 + 4 + 9) * 3
+    wide = scores.pivot_table(index=["set", "prompt_id", "condition", "variant", "replicate"], columns="span", values="logp_sum")
+    assert (wide["full"] == wide["cot"] + wide["answer"]).all()  # SI-SPEC §6.6, exact
+    assert json.loads((run / "estimates.json").read_text())["ranking"] == estimates["ranking"]
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["stages"]["sample"]["status"] == "done" and manifest["stages"]["score"]["status"] == "done"
+
+
+def test_rank_resumes_after_lost_units_with_identical_rows(tiny_model_dir, sets, tmp_path) -> None:
+    run = tmp_path / "run"
+    assert _rank([*sets, *_base(tiny_model_dir, run)]).exit_code == 0
+    full_samples, full_scores = pd.read_parquet(run / "samples.parquet"), pd.read_parquet(run / "scores.parquet")
+    # Simulate a run killed part-way: merged tables and some unit shards never written.
+    (run / "samples.parquet").unlink()
+    (run / "scores.parquet").unlink()
+    (run / "shards/sample/persona/u00001.parquet").unlink()
+    for f in (run / "shards/score").rglob("u00000.parquet"):
+        f.unlink()
+    assert _rank([*sets, *_base(tiny_model_dir, run)]).exit_code == 0
+    pd.testing.assert_frame_equal(pd.read_parquet(run / "samples.parquet"), full_samples)
+    pd.testing.assert_frame_equal(pd.read_parquet(run / "scores.parquet"), full_scores)
+
+
+def test_rank_refuses_changed_config(tiny_model_dir, sets, tmp_path) -> None:
+    run = tmp_path / "run"
+    assert _rank([*sets, *_base(tiny_model_dir, run)]).exit_code == 0
+    result = _rank([*sets, *_base(tiny_model_dir, run), "--seed", "3"])
+    assert result.exit_code == 2
+    assert "sampling.seed" in result.output and "--force-new" in result.output
+
+
+def test_sharded_stages_equal_unsharded(tiny_model_dir, sets, tmp_path) -> None:
+    ref = tmp_path / "ref"
+    assert _rank([*sets, *_base(tiny_model_dir, ref)]).exit_code == 0
+    # The same config in a second folder, stages driven by two shards each.
+    run = tmp_path / "sharded"
+    manifest = json.loads((ref / "manifest.json").read_text())
+    run.mkdir()
+    (run / "manifest.json").write_text(json.dumps({k: manifest[k] for k in manifest if k != "stages"}))
+    for stage in ("sample", "score"):
+        for shard in ("0/2", "1/2"):
+            result = runner.invoke(app, [stage, str(run), "--shard", shard, "--quiet"], catch_exceptions=False)
+            assert result.exit_code == 0, result.output
+    for table in ("samples.parquet", "scores.parquet"):
+        pd.testing.assert_frame_equal(pd.read_parquet(run / table), pd.read_parquet(ref / table))
+
+
+def test_estimate_from_scores_file_and_span_option(tiny_model_dir, sets, tmp_path) -> None:
+    run = tmp_path / "run"
+    assert _rank([*sets, *_base(tiny_model_dir, run)]).exit_code == 0
+    result = runner.invoke(app, ["estimate", str(run / "scores.parquet"), "--span", "full", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["settings"]["span"] == "full"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("mode: alternatives\nprinciples: [\n", "malformed YAML"),
+        ("mode: sideways\nprinciples:\n  - text: a\n  - text: b\n", "field 'mode'"),
+        ("mode: alternatives\nprinciples:\n  - id: only\n    text: one\n", "K >= 2"),
+    ],
+    ids=["malformed", "unknown-mode", "k-lt-2"],
+)
+def test_bad_principle_files_exit_2_with_one_line(write_set, content, message, tiny_model_dir, tmp_path) -> None:
+    path = write_set("bad", content)
+    result = _rank([str(path), *_base(tiny_model_dir, tmp_path / "run")])
+    assert result.exit_code == 2
+    assert message in result.output and str(path) in result.output.replace("\n", "")
+    assert "Traceback" not in result.output
+
+
+def test_empty_prompt_file_and_missing_model(write_set, tmp_path) -> None:
+    good = str(write_set("persona", ALT))
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    result = _rank([good, "--prompts", str(empty), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "empty.jsonl" in result.output
+    result = _rank([good, "--model", str(tmp_path / "no-such-model"), "--out", str(tmp_path / "r2")])
+    assert result.exit_code == 2 and "no-such-model" in result.output and "Traceback" not in result.output
+
+
+def test_principles_validate_and_show(write_set) -> None:
+    path = write_set("constitution", ANTI)
+    result = runner.invoke(app, ["principles", "validate", str(path)])
+    assert result.exit_code == 0 and "K = 3" in result.output
+    result = runner.invoke(app, ["principles", "show", str(path)])
+    assert "1. Be long-winded." in result.output and "flip:brief" in result.output

@@ -1,0 +1,320 @@
+"""Tests of si_toolkit.estimators: SI-SPEC §6 invariants, hand-worked values, bootstrap, ranking."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from si_toolkit import estimators as est
+from si_toolkit.errors import SIError
+
+LOG2 = math.log(2.0)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def hand_tensor() -> np.ndarray:
+    """n = 1 prompt, K = 2, R = 1. Columns are responses (variant j), rows conditions i:
+
+                 j=0   j=1
+        i=0  [   -1,   -3 ]
+        i=1  [   -2,   -3 ]
+    """
+    L = np.zeros((1, 2, 2, 1))
+    L[0, :, 0, 0] = [-1.0, -2.0]
+    L[0, :, 1, 0] = [-3.0, -3.0]
+    return L
+
+
+def channel_tensor(p_y_given_c: np.ndarray, n: int, r: int, rng: np.random.Generator) -> np.ndarray:
+    """Responses y_{j,r} ~ p(y | c_j) for n prompts; L[x, i, j, r] = log p(y_{j,r} | c_i) exactly."""
+    k, m = p_y_given_c.shape
+    y = np.stack([rng.choice(m, size=(n, r), p=p_y_given_c[j]) for j in range(k)], axis=1)  # (n, K, R)
+    log_p = np.log(p_y_given_c)  # (K, M)
+    return np.transpose(log_p[:, y], (1, 0, 2, 3))  # (K_i, n, K_j, R) -> (n, K_i, K_j, R)
+
+
+def analytic_mi(p_y_given_c: np.ndarray) -> float:
+    """I(C; Y) = Σ_c p(c) Σ_y p(y|c) log(p(y|c) / p(y)), uniform p(c)."""
+    k = p_y_given_c.shape[0]
+    p_y = p_y_given_c.mean(axis=0)
+    return float((p_y_given_c * np.log(p_y_given_c / p_y)).sum() / k)
+
+
+CHANNEL = np.array([[0.6, 0.2, 0.1, 0.05, 0.05], [0.1, 0.5, 0.2, 0.1, 0.1], [0.2, 0.2, 0.2, 0.2, 0.2]])
+
+
+@st.composite
+def score_tensors(draw: st.DrawFn, dyadic: bool = False) -> np.ndarray:
+    """Random (n, K, K, R) tensors; dyadic values (multiples of 1/4) make shifts exact."""
+    n, k, r = draw(st.integers(1, 4)), draw(st.integers(2, 4)), draw(st.integers(1, 3))
+    if dyadic:
+        ints = draw(hnp.arrays(np.int64, (n, k, k, r), elements=st.integers(-400, 0)))
+        return ints / 4.0
+    return draw(hnp.arrays(np.float64, (n, k, k, r), elements=st.floats(-300.0, 0.0)))
+
+
+# ---------------------------------------------------------------- hand-worked values
+
+
+def test_hand_worked_column_row_and_accuracy() -> None:
+    L = hand_tensor()
+    # Column: response (0,0) posterior of c_0 = e^-1 / (e^-1 + e^-2), so ℓ = -log(1 + e^-1) = -0.3133;
+    # response (1,0) ties, ℓ = -log 2 = -0.6931. Î_col = log 2 + (-0.3133 - 0.6931)/2 = 0.1899.
+    l0, l1 = -math.log(1 + math.exp(-1)), -LOG2
+    assert est.mi_col_per_prompt(L)[0] == pytest.approx(LOG2 + (l0 + l1) / 2)
+    assert est.mi_col_per_prompt(L)[0] == pytest.approx(0.18994, abs=1e-5)
+    # Row: i=0: L[0,0] - lse(L[0,0], L[0,1]) = -1 - lse(-1,-3) = -log(1 + e^-2) = -0.1269;
+    # i=1: L[1,1] - lse(L[1,0], L[1,1]) = -3 - lse(-2,-3) = -log(1 + e) = -1.3133.
+    # Î_row = log 2 + (-0.1269 - 1.3133)/2 = -0.0270 (a bound: may be negative).
+    r0, r1 = -math.log(1 + math.exp(-2)), -math.log(1 + math.e)
+    assert est.mi_row_per_prompt(L)[0] == pytest.approx(LOG2 + (r0 + r1) / 2)
+    assert est.mi_sym_per_prompt(L)[0] == pytest.approx((LOG2 + (r0 + r1) / 2 + LOG2 + (l0 + l1) / 2) / 2)
+    # Response (0,0) is identified (-1 > -2); response (1,0) is a tie, which counts as a miss.
+    assert est.accuracy_per_prompt(L)[0] == 0.5
+    assert est.per_variant_accuracy(L).tolist() == [1.0, 0.0]
+    assert est.si_per_prompt(L)[0] == pytest.approx((LOG2 + (l0 + l1) / 2) / LOG2)
+    # Per-variant SI: variant 0 → (log 2 + ℓ0)/log 2; variant 1 → (log 2 - log 2)/log 2 = 0.
+    assert est.per_variant_si_per_prompt(L)[0] == pytest.approx([(LOG2 + l0) / LOG2, 0.0])
+
+
+def test_hand_worked_confusion() -> None:
+    # Row j=0: posterior (e^-1, e^-2)/(e^-1 + e^-2) = (0.7311, 0.2689); row j=1: (0.5, 0.5).
+    conf = est.confusion_matrix(hand_tensor())
+    p = 1 / (1 + math.exp(-1))
+    np.testing.assert_allclose(conf, [[p, 1 - p], [0.5, 0.5]])
+
+
+def test_mean_critic_divides_by_tokens_and_zero_token_spans_score_zero() -> None:
+    L = hand_tensor()
+    n_tokens = np.array([[[2], [0]]])  # response (0,0) has 2 tokens, (1,0) none
+    out = est.critic_scores(L, n_tokens, "mean")
+    # -1/2, -2/2 for response 0; 0-token response scores 0 under both conditions.
+    np.testing.assert_array_equal(out[0, :, 0, 0], [-0.5, -1.0])
+    np.testing.assert_array_equal(out[0, :, 1, 0], [0.0, 0.0])
+    np.testing.assert_array_equal(est.critic_scores(L, n_tokens, "sum"), L)
+    with pytest.raises(SIError, match="critic"):
+        est.critic_scores(L, n_tokens, "median")
+
+
+def test_bits_are_nats_over_ln2() -> None:
+    assert est.nats_to_bits(LOG2) == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------- SI-SPEC §6 invariants
+
+
+@settings(max_examples=60, deadline=None)
+@given(L=score_tensors(), seed=st.integers(0, 2**32 - 1))
+def test_invariant_1_permuting_variant_labels(L: np.ndarray, seed: int) -> None:
+    perm = np.random.default_rng(seed).permutation(L.shape[1])
+    P = L[:, perm][:, :, perm]  # relabel conditions and variants consistently
+    for f in (est.mi_col_per_prompt, est.mi_row_per_prompt, est.mi_sym_per_prompt, est.si_per_prompt):
+        np.testing.assert_allclose(f(P), f(L), rtol=1e-9, atol=1e-9)
+    np.testing.assert_array_equal(est.accuracy_per_prompt(P), est.accuracy_per_prompt(L))
+    np.testing.assert_allclose(est.confusion_matrix(P), est.confusion_matrix(L)[perm][:, perm], atol=1e-12)
+    np.testing.assert_allclose(est.per_variant_si_per_prompt(P), est.per_variant_si_per_prompt(L)[:, perm],
+                               atol=1e-9)
+
+
+@settings(max_examples=60, deadline=None)
+@given(L=score_tensors())
+def test_invariant_4_bounds(L: np.ndarray) -> None:
+    log_k = math.log(L.shape[1])
+    assert (est.mi_col_per_prompt(L) <= log_k + 1e-12).all()
+    assert (est.mi_row_per_prompt(L) <= log_k + 1e-12).all()
+    assert (est.si_per_prompt(L) <= 1 + 1e-12).all()
+    acc = est.accuracy_per_prompt(L)
+    assert ((acc >= 0) & (acc <= 1)).all()
+    np.testing.assert_allclose(est.confusion_matrix(L).sum(axis=1), 1.0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(L=score_tensors(dyadic=True), data=st.data())
+def test_invariant_5_shifting_one_response(L: np.ndarray, data: st.DataObject) -> None:
+    n, k, _, r = L.shape
+    shift = data.draw(hnp.arrays(np.int64, (n, k, r), elements=st.integers(-400, 400))) / 4.0
+    S = L + shift[:, None, :, :]  # the same constant under every condition i for response (j, r)
+    np.testing.assert_allclose(est.log_posterior(S), est.log_posterior(L), atol=1e-9)
+    np.testing.assert_allclose(est.mi_col_per_prompt(S), est.mi_col_per_prompt(L), atol=1e-9)
+    np.testing.assert_allclose(est.confusion_matrix(S), est.confusion_matrix(L), atol=1e-12)
+    np.testing.assert_array_equal(est.accuracy_per_prompt(S), est.accuracy_per_prompt(L))
+
+
+def test_invariant_2_identical_variants_give_zero() -> None:
+    rng = np.random.default_rng(1)
+    per_response = rng.uniform(-80, -5, size=(30, 1, 3, 2))  # (n, 1, K, R)
+    L = np.repeat(per_response, 3, axis=1)  # every condition gives the same log-prob
+    mi = est.mi_col_per_prompt(L)
+    assert (mi == 0.0).all()
+    ci = est.bootstrap_mean_ci(mi, seed=0)
+    assert ci.contains(0.0)
+    assert (est.accuracy_per_prompt(L) == 0.0).all()  # every response is a 3-way tie
+
+
+def test_invariant_3_known_channel_converges_within_ci() -> None:
+    truth = analytic_mi(CHANNEL)
+    rng = np.random.default_rng(3)
+    mi = est.mi_col_per_prompt(channel_tensor(CHANNEL, 600, 2, rng))
+    ci = est.bootstrap_mean_ci(mi, seed=0)
+    assert ci.contains(truth), (truth, ci)
+
+    def mean_abs_error(n: int) -> float:
+        errors = [est.mi_col_per_prompt(channel_tensor(CHANNEL, n, 1, np.random.default_rng(s))).mean()
+                  - truth for s in range(30)]
+        return float(np.mean(np.abs(errors)))
+
+    # The error shrinks like 1/sqrt(n): 64x more prompts, about 8x smaller error.
+    assert mean_abs_error(640) < mean_abs_error(10) / 4
+
+
+def test_analytic_mi_of_a_noiseless_channel_is_log_k() -> None:
+    # Sanity of the reference itself: a deterministic, injective channel carries H(C) = log K.
+    assert analytic_mi(np.eye(3) * (1 - 2e-12) + 1e-12) == pytest.approx(math.log(3), abs=1e-9)
+
+
+# ---------------------------------------------------------------- per-principle and cot share
+
+
+def test_per_principle_restricts_to_two_variants() -> None:
+    rng = np.random.default_rng(5)
+    L = rng.normal(-20, 3, size=(6, 3, 3, 2))
+    L[:, 2, :, :] = L[:, 0, :, :]  # variant 2 scores exactly like variant 0 ...
+    L[:, :, 2, :] = L[:, :, 0, :]  # ... and its responses like variant 0's
+    np.testing.assert_allclose(est.per_principle_si_per_prompt(L, (0, 2)), 0.0, atol=1e-12)
+    sub = L[:, [0, 1]][:, :, [0, 1]]
+    np.testing.assert_allclose(est.per_principle_si_per_prompt(L, (0, 1)), est.si_per_prompt(sub))
+    with pytest.raises(SIError, match="distinct"):
+        est.restrict_variants(L, (1, 1))
+    with pytest.raises(SIError, match="0..2"):
+        est.restrict_variants(L, (0, 3))
+
+
+def test_cot_share_is_a_ratio_of_means() -> None:
+    cot, full = np.array([0.1, 0.3, 0.2]), np.array([0.2, 0.4, 0.6])
+    share = est.cot_share(cot, full, n_resamples=500)
+    assert share.value == pytest.approx(0.6 / 1.2)  # (0.1+0.3+0.2) / (0.2+0.4+0.6)
+    assert share.ci.contains(0.5)
+
+
+def test_cot_share_undefined_when_full_mi_is_zero() -> None:
+    share = est.cot_share(np.zeros(5), np.zeros(5))
+    assert share.value is None and share.ci.low is None
+
+
+def test_constant_ratio_falls_back_to_percentile() -> None:
+    # Every resample has ratio 0.5, so BCa's bias correction is undefined.
+    full = np.array([0.2, 0.4, 0.9, 1.3])
+    share = est.cot_share(full / 2, full, n_resamples=300)
+    assert share.ci.method == "percentile"
+    assert share.ci.low == pytest.approx(0.5) and share.ci.high == pytest.approx(0.5)
+
+
+# ---------------------------------------------------------------- bootstrap
+
+
+def test_bootstrap_ci_coverage_is_near_nominal() -> None:
+    rng = np.random.default_rng(11)
+    hits = sum(est.bootstrap_mean_ci(rng.normal(0.3, 1.0, 40), n_resamples=500, seed=s).contains(0.3)
+               for s in range(200))
+    assert 0.88 <= hits / 200 <= 0.99
+
+
+def test_bootstrap_is_seeded_and_bca_by_default() -> None:
+    x = np.random.default_rng(2).exponential(size=25)
+    a, b = est.bootstrap_mean_ci(x, seed=7), est.bootstrap_mean_ci(x, seed=7)
+    assert a == b and a.method == "BCa"
+    assert est.bootstrap_mean_ci(x, seed=8) != a
+    assert a.low is not None and a.high is not None and a.low < x.mean() < a.high
+
+
+def test_bootstrap_degenerate_inputs() -> None:
+    assert est.bootstrap_mean_ci(np.full(6, 0.25)) == est.Interval(0.25, 0.25, "constant")
+    assert est.bootstrap_mean_ci(np.array([0.4])) == est.Interval(None, None, "undefined")
+    with pytest.raises(SIError, match="n_bootstrap"):
+        est.bootstrap_mean_ci(np.arange(5.0), n_resamples=0)
+    with pytest.raises(SIError, match="confidence"):
+        est.bootstrap_mean_ci(np.arange(5.0), confidence=95)
+
+
+# ---------------------------------------------------------------- paired comparison and ranking
+
+
+def test_paired_comparison_detects_a_shift() -> None:
+    rng = np.random.default_rng(4)
+    base = rng.normal(0.4, 0.3, 50)  # prompt difficulty, shared by both sets
+    better = base + 0.1 + rng.normal(0, 0.05, 50)
+    cmp = est.paired_comparison(better, base, n_resamples=1000)
+    assert cmp.delta == pytest.approx(float((better - base).mean()))
+    assert cmp.ci.low is not None and cmp.ci.low > 0
+    assert cmp.p_value is not None and cmp.p_value < 0.01
+    # Unpaired, the prompt noise (0.3) would swamp 0.1; paired, it cancels.
+    back = est.paired_comparison(base, better, n_resamples=1000)
+    assert back.delta == pytest.approx(-cmp.delta) and back.p_value == pytest.approx(cmp.p_value)
+
+
+def test_paired_comparison_of_equal_sets() -> None:
+    x = np.random.default_rng(0).normal(size=20)
+    cmp = est.paired_comparison(x, x.copy())
+    assert cmp.delta == 0.0 and cmp.ci.contains(0.0) and cmp.p_value == 1.0
+
+
+def test_paired_comparison_without_effect_is_not_significant() -> None:
+    rng = np.random.default_rng(9)
+    a, b = rng.normal(0.5, 0.2, 60), rng.normal(0.5, 0.2, 60)
+    cmp = est.paired_comparison(a, b, n_resamples=1000)
+    assert cmp.ci.contains(0.0) and cmp.p_value is not None and cmp.p_value > 0.05
+
+
+def test_ranking_marks_ties_with_the_leader() -> None:
+    rng = np.random.default_rng(6)
+    prompts = [f"p{i}" for i in range(30)]
+    base = rng.normal(0.5, 0.2, 30)
+    si = {
+        "twin": dict(zip(prompts, base + rng.normal(0, 0.05, 30))),  # indistinguishable from best
+        "best": dict(zip(prompts, base + 0.01)),
+        "weak": dict(zip(prompts, base - 0.3 + rng.normal(0, 0.05, 30))),
+    }
+    rows = est.rank_sets(si, n_resamples=500)
+    assert [r.rank for r in rows] == [1, 2, 3]
+    assert [r.name for r in rows][2] == "weak"
+    leader = rows[0]
+    assert leader.tied_with_leader and leader.comparison is not None
+    assert leader.comparison.delta == 0.0 and leader.comparison.p_value == 1.0
+    assert rows[1].tied_with_leader and not rows[2].tied_with_leader
+    assert rows[0].si >= rows[1].si >= rows[2].si
+    assert rows[2].comparison is not None and rows[2].comparison.delta < 0
+
+
+def test_ranking_uses_common_prompts_only() -> None:
+    si = {"a": {"p1": 0.9, "p2": 0.8, "p3": 0.7}, "b": {"p2": 0.5, "p3": 0.5, "p4": 0.0}}
+    rows = est.rank_sets(si, n_resamples=200)
+    assert rows[1].name == "b" and rows[1].comparison is not None
+    assert rows[1].comparison.n_prompts == 2  # p2 and p3
+    assert rows[1].comparison.delta == pytest.approx(((0.5 - 0.8) + (0.5 - 0.7)) / 2)
+    # Disjoint prompts: nothing to pair, so the data cannot separate the sets.
+    rows = est.rank_sets({"a": {"p1": 0.9}, "b": {"q1": 0.1}})
+    assert rows[1].comparison is None and rows[1].tied_with_leader
+    assert est.rank_sets({}) == []
+
+
+# ---------------------------------------------------------------- refusals
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])
+def test_non_finite_scores_are_refused_with_their_cells(bad: float) -> None:
+    L = np.full((3, 2, 2, 2), -5.0)
+    L[1, 0, 1, 0] = bad
+    with pytest.raises(SIError, match=r"prompt index 1, condition 0, variant 1, replicate 0.*si score"):
+        est.mi_col_per_prompt(L)
+
+
+def test_fewer_than_two_variants_is_refused() -> None:
+    with pytest.raises(SIError, match="K >= 2"):
+        est.mi_col_per_prompt(np.zeros((2, 1, 1, 1)))
