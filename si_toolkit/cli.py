@@ -53,10 +53,24 @@ ShardOpt = Annotated[str | None, typer.Option("--shard", help="I/N: do only unit
 
 
 def _fail(error: BaseException) -> None:
+    """Print a user-facing failure as one line and exit: 2 for bad input, 1 for the system
+    (disk full, permission denied), 130 for Ctrl-C. Finished shards are never touched."""
     if _STATE["debug"]:
         raise error
+    if isinstance(error, KeyboardInterrupt):
+        err.print("interrupted: finished work is saved in the run folder; rerun the same command to resume",
+                  highlight=False, soft_wrap=True)
+        raise typer.Exit(code=130)
+    if isinstance(error, OSError):
+        where = f" {error.filename}" if error.filename else ""
+        err.print(f"[bold red]error:[/] cannot write or read{where}: {error.strerror or error}; free disk space or "
+                  "fix permissions, then rerun the same command to resume", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=1)
     err.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
+
+
+_USER_FAILURES = (SIError, OSError, KeyboardInterrupt)
 
 
 def _progress(quiet: bool, description: str, total: int) -> Any:
@@ -102,7 +116,7 @@ def rank(
         if not no_report:
             _write_report(run.path, quiet)
         _print_estimates(estimates, run.path, json_out)
-    except SIError as error:
+    except _USER_FAILURES as error:
         _fail(error)
 
 
@@ -235,7 +249,7 @@ def _stage_command(run_dir: Path, stage: str, shard: str | None, trust_remote_co
         backend = _stage(run, stage, None, trust_remote_code, quiet, shard) if shard is None else _sharded(run, stage, shard, trust_remote_code, quiet)
         if backend is not None:
             backend.close()
-    except SIError as error:
+    except _USER_FAILURES as error:
         _fail(error)
 
 
@@ -272,7 +286,7 @@ def estimate(
         result = estimate_stage(source, span=span, critic=critic, n_bootstrap=n_bootstrap, seed=seed,
                                 write=source.is_dir() and is_default)
         _print_estimates(result, source, json_out)
-    except SIError as error:
+    except _USER_FAILURES as error:
         _fail(error)
 
 
@@ -281,7 +295,7 @@ def report(run_dir: Annotated[Path, typer.Argument(help="Run folder with estimat
     """(Re)build report.html, report.md, si.csv and figures/ from a run folder alone."""
     try:
         _write_report(run_dir, quiet=False)
-    except SIError as error:
+    except _USER_FAILURES as error:
         _fail(error)
 
 
@@ -294,7 +308,7 @@ def principles_validate(files: FilesArg) -> None:
         for path in files:
             s = load_principle_set(path)
             out.print(f"ok  {path}  ({s.name}: mode {s.mode}, K = {s.K})", highlight=False)
-    except SIError as error:
+    except _USER_FAILURES as error:
         _fail(error)
 
 
@@ -307,7 +321,7 @@ def principles_show(file: Annotated[Path, typer.Argument(help="A principle-set Y
 
     try:
         s = load_principle_set(file)
-    except SIError as error:
+    except _USER_FAILURES as error:
         _fail(error)
         return
     out.print(f"[bold]{escape(s.name)}[/] — mode {s.mode}" + (f", design {s.design}" if s.design else "") + f", K = {s.K}")
