@@ -9,7 +9,6 @@ log-softmax is never materialised for more than `_HEAD_CHUNK` positions at once.
 
 from __future__ import annotations
 
-import copy
 import inspect
 from collections import defaultdict
 from typing import Any
@@ -107,63 +106,64 @@ class HFBackend:
 
     # ------------------------------------------------------------------ scoring
     def score(self, requests: list[ScoreRequest]) -> list[np.ndarray]:
-        """Per-token log-probs of each continuation, grouped by shared prefix."""
+        """Per-token log-probs of each continuation.
+
+        Requests are grouped by prefix; several prefix groups run in one left-padded batch, and
+        each prefix's KV cache is shared (by index) by all of its continuations.
+        """
         by_prefix: dict[tuple[int, ...], list[int]] = defaultdict(list)
         for n, req in enumerate(requests):
+            if not req.prefix_ids:
+                raise ValueError("scoring needs a non-empty prefix (the rendered prompt)")
             by_prefix[req.prefix_ids].append(n)
+        groups = sorted(by_prefix.items(), key=lambda item: len(item[0]))  # similar prefix lengths together
         results: list[np.ndarray] = [np.empty(0)] * len(requests)
-        for prefix, members in by_prefix.items():
+        for pack in _pack_groups(groups, requests, _TOKENS_PER_BATCH):
+            prefixes = [prefix for prefix, _ in pack]
+            members = [n for _, ns in pack for n in ns]
+            owners = [g for g, (_, ns) in enumerate(pack) for _ in ns]
             conts = [requests[n].continuation_ids for n in members]
-            for n, values in zip(members, self._score_prefix_group(prefix, conts)):
+            for n, values in zip(members, self._score_pack(prefixes, owners, conts)):
                 results[n] = values
         return results
 
     @torch.no_grad()
-    def _score_prefix_group(self, prefix: tuple[int, ...], conts: list[tuple[int, ...]]) -> list[np.ndarray]:
-        if not prefix:
-            raise ValueError("scoring needs a non-empty prefix (the rendered prompt)")
-        base, head = self.model.get_decoder(), self.model.get_output_embeddings()
-        prefix_ids = torch.tensor([prefix], device=self.device)
-        pre = base(input_ids=prefix_ids, use_cache=True)
-        last_hidden = pre.last_hidden_state[:, -1]  # (1, D): predicts each continuation's first token
-        out: list[np.ndarray] = [np.empty(0)] * len(conts)
-        # Longest first, so each padded batch holds continuations of similar length.
-        order = sorted(range(len(conts)), key=lambda n: -len(conts[n]))
-        for batch in _length_batches(order, conts, _TOKENS_PER_BATCH):
-            values = self._score_batch(base, head, _output_cache(pre), last_hidden, len(prefix), [conts[n] for n in batch])
-            for n, v in zip(batch, values):
-                out[n] = v
-        return out
-
-    def _score_batch(
-        self, base: Any, head: Any, prefix_cache: Any, last_hidden: torch.Tensor, prefix_len: int,
-        conts: list[tuple[int, ...]],
-    ) -> list[np.ndarray]:
+    def _score_pack(self, prefixes: list[tuple[int, ...]], owners: list[int],
+                    conts: list[tuple[int, ...]]) -> list[np.ndarray]:
+        """Score continuations `conts`, row b continuing prefix `owners[b]`."""
+        base, head, dev = self.model.get_decoder(), self.model.get_output_embeddings(), self.device
+        P = max(len(p) for p in prefixes)
+        pre_ids = torch.full((len(prefixes), P), self._pad_id, dtype=torch.long)
+        pre_mask = torch.zeros((len(prefixes), P), dtype=torch.long)
+        for m, p in enumerate(prefixes):  # left padding: every prefix ends at column P-1
+            pre_ids[m, P - len(p):] = torch.tensor(p)
+            pre_mask[m, P - len(p):] = 1
+        pre_pos = (pre_mask.cumsum(1) - 1).clamp(min=0)
+        pre = base(input_ids=pre_ids.to(dev), attention_mask=pre_mask.to(dev), position_ids=pre_pos.to(dev),
+                   use_cache=True)
+        owner = torch.tensor(owners, device=dev)
+        last_hidden = pre.last_hidden_state[owner, -1]  # (B, D): predicts each continuation's first token
         B, T = len(conts), max(len(c) for c in conts)
-        if T == 0:
-            return [np.zeros(0) for _ in conts]
         ids = torch.full((B, T), self._pad_id, dtype=torch.long)
         valid = torch.zeros((B, T), dtype=torch.bool)
-        for b, c in enumerate(conts):  # right padding after the shared prefix
+        for b, c in enumerate(conts):  # right padding after the prefix
             ids[b, : len(c)] = torch.tensor(c)
             valid[b, : len(c)] = True
-        ids, valid = ids.to(self.device), valid.to(self.device)
-        cache = copy.deepcopy(prefix_cache)
-        cache.batch_repeat_interleave(B)
-        attention = torch.cat([torch.ones((B, prefix_len), dtype=torch.long, device=self.device), valid.long()], 1)
-        positions = torch.arange(prefix_len, prefix_len + T, device=self.device).expand(B, T)
-        # Feed y_0..y_{T-2}: hidden state at t predicts y_{t+1}; y_0 is predicted by the prefix.
+        ids, valid = ids.to(dev), valid.to(dev)
         if T > 1:
-            hidden = base(
-                input_ids=ids[:, :-1], attention_mask=attention[:, :-1], position_ids=positions[:, :-1],
-                use_cache=True, **{_cache_kwarg(base): cache},
-            ).last_hidden_state
+            cache = _output_cache(pre)
+            cache.batch_select_indices(owner)  # rows share their prefix's keys/values by index
+            lengths = pre_mask.sum(1).to(dev)[owner]
+            attention = torch.cat([pre_mask.to(dev)[owner], valid.long()], 1)
+            positions = lengths[:, None] + torch.arange(T, device=dev)[None, :]
+            # Feed y_0..y_{T-2}: the hidden state at t predicts y_{t+1}; y_0 comes from the prefix.
+            hidden = base(input_ids=ids[:, :-1], attention_mask=attention[:, :-1], position_ids=positions[:, :-1],
+                          use_cache=True, **{_cache_kwarg(base): cache}).last_hidden_state
+            hidden = torch.cat([last_hidden[:, None], hidden], 1)  # (B, T, D): position t predicts y_t
         else:
-            hidden = last_hidden.new_zeros((B, 0, last_hidden.shape[-1]))
-        hidden = torch.cat([last_hidden.expand(B, 1, -1), hidden], 1)  # (B, T, D), position t predicts y_t
+            hidden = last_hidden[:, None]
         logp = _chunked_target_logprobs(head, hidden[valid], ids[valid])
-        lengths = valid.sum(1).tolist()
-        return [part.double().cpu().numpy() for part in torch.split(logp, lengths)]
+        return [part.double().cpu().numpy() for part in torch.split(logp, valid.sum(1).tolist())]
 
     def close(self) -> None:
         self.model = None
@@ -191,19 +191,32 @@ def _trim(tokens: list[int], eos: set[int]) -> Generation:
     return Generation(token_ids=tokens, finish_reason="length")
 
 
-def _length_batches(order: list[int], conts: list[tuple[int, ...]], budget: int) -> list[list[int]]:
-    """Split `order` (sorted by length, longest first) into batches of at most `budget` padded tokens."""
-    batches: list[list[int]] = []
-    current: list[int] = []
-    for n in order:
-        width = len(conts[current[0]]) if current else len(conts[n])
-        if current and (len(current) + 1) * max(width, 1) > budget:
-            batches.append(current)
-            current = []
-        current.append(n)
+def _pack_groups(groups: list[tuple[tuple[int, ...], list[int]]], requests: list[ScoreRequest],
+                budget: int) -> list[list[tuple[tuple[int, ...], list[int]]]]:
+    """Split prefix groups into packs whose padded size (rows x (prefix + continuation)) fits `budget`.
+
+    A group larger than the budget is split into several groups with the same prefix.
+    """
+    packs: list[list[tuple[tuple[int, ...], list[int]]]] = []
+    current: list[tuple[tuple[int, ...], list[int]]] = []
+    rows, width = 0, 0
+    for prefix, members in groups:
+        step = max(1, budget // _row_width(prefix, members, requests))
+        for start in range(0, len(members), step):
+            part = members[start: start + step]
+            part_width = _row_width(prefix, part, requests)
+            if current and (rows + len(part)) * max(width, part_width) > budget:
+                packs.append(current)
+                current, rows, width = [], 0, 0
+            current.append((prefix, part))
+            rows, width = rows + len(part), max(width, part_width)
     if current:
-        batches.append(current)
-    return batches
+        packs.append(current)
+    return packs
+
+
+def _row_width(prefix: tuple[int, ...], members: list[int], requests: list[ScoreRequest]) -> int:
+    return len(prefix) + max(len(requests[n].continuation_ids) for n in members)
 
 
 def _chunked_target_logprobs(head: Any, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
