@@ -283,6 +283,37 @@ def principles_show(file: Annotated[Path, typer.Argument(help="A principle-set Y
         out.print(escape(v.text))
 
 
+@app.command()
+def confirm(
+    files: FilesArg,
+    top: Annotated[int, typer.Option("--top", help="Train the k highest-SI sets.")] = 1,
+    bottom: Annotated[int, typer.Option("--bottom", help="Train the k lowest-SI sets.")] = 1,
+    profile: ProfileOpt = "quick",
+    seeds: Annotated[int, typer.Option("--seeds", help="Training seeds per set and preset.")] = 1,
+    model: ModelOpt = "embedded",
+    ranking: Annotated[Path | None, typer.Option("--ranking", help="Reuse a ranking run folder.")] = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="Confirmation folder (resumable).")] = Path("reports/confirm"),
+    json_out: JsonOpt = False,
+) -> None:
+    """Rank, train top/bottom sets (enigma + grpo ablation), evaluate, and report whether SI predicted the outcome."""
+    from si_toolkit.confirm import ConfirmConfig, run_confirm
+
+    try:
+        config = ConfirmConfig(model=model, profile=profile, top=top, bottom=bottom, seeds=seeds,
+                               ranking=str(ranking) if ranking else None)
+        result = run_confirm(files, config, out_dir, log=lambda line: err.print(line, highlight=False))
+    except _USER_FAILURES as error:
+        _fail(error)
+        return
+    if json_out:
+        sys.stdout.write(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=2, default=str) + "\n")
+    else:
+        from rich.markup import escape
+
+        err.print(f"report: {out_dir / 'confirm.html'}")
+        out.print(escape(result["verdict"]))
+
+
 def main() -> None:
     """Console-script entry point."""
     try:
