@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from si_toolkit.errors import SIError
 
@@ -63,10 +64,10 @@ def _fail(error: BaseException) -> None:
         raise typer.Exit(code=130)
     if isinstance(error, OSError):
         where = f" {error.filename}" if error.filename else ""
-        err.print(f"[bold red]error:[/] cannot write or read{where}: {error.strerror or error}; free disk space or "
+        err.print(f"[bold red]error:[/] cannot write or read{escape(where)}: {escape(str(error.strerror or error))}; free disk space or "
                   "fix permissions, then rerun the same command to resume", highlight=False, soft_wrap=True)
         raise typer.Exit(code=1)
-    err.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
 
 
@@ -312,6 +313,18 @@ def confirm(
 
         err.print(f"report: {out_dir / 'confirm.html'}")
         out.print(escape(result["verdict"]))
+
+
+def _register_subcommands() -> None:
+    """Commands that live in their own modules (imported lazily: they pull in no torch at import)."""
+    from si_toolkit.eval_cli import eval_command, geometry_command, steadiness_command
+
+    app.command("eval")(eval_command)
+    app.command("geometry")(geometry_command)
+    app.command("steadiness")(steadiness_command)
+
+
+_register_subcommands()
 
 
 def main() -> None:

@@ -1,0 +1,270 @@
+"""The `si eval`, `si geometry` and `si steadiness` commands (registered by `si_toolkit.cli`).
+
+Thin: parse options, call one function of `evaluate`, `geometry` or `steadiness`, print with
+rich. Definitions of every number: docs/evaluation.md.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from si_toolkit.errors import SIError
+
+__all__ = ["eval_command", "geometry_command", "steadiness_command"]
+
+err = Console(stderr=True)
+out = Console()
+_USER_FAILURES = (SIError, OSError, KeyboardInterrupt)
+
+
+def _fail(error: BaseException) -> None:
+    from si_toolkit import cli  # the root app owns --debug, the message format and the exit codes
+
+    cli._fail(error)
+
+
+def _safe_name(ref: str) -> str:
+    """A folder-safe short name of a model reference: its last path part."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(ref.rstrip("/")).name or ref).strip("-.")
+    return name[:60] or "model"
+
+
+def _counting(quiet: bool, total: int, description: str) -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    progress = Progress(TextColumn(description), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=err, disable=quiet)
+    return progress, progress.add_task(description, total=total)
+
+
+def _evaluate(ref: str, config: Any, folder: Path, quiet: bool, trust_remote_code: bool) -> dict[str, Any]:
+    from si_toolkit.evaluate import benchmark_items, evaluate_checkpoint
+
+    progress, task = _counting(quiet, len(benchmark_items(config)), f"eval {_safe_name(ref)}")
+    with progress:
+        return evaluate_checkpoint(ref, config, folder, progress=lambda n: progress.advance(task, n),
+                                   trust_remote_code=trust_remote_code)
+
+
+def _items_b(compare: str, config: Any, folder: Path, quiet: bool, trust_remote_code: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """B's per-item results: read from an earlier items.jsonl, or evaluated now into `folder`."""
+    from si_toolkit.evaluate import read_items
+
+    path = Path(compare)
+    if path.suffix == ".jsonl" and not path.is_file():
+        raise SIError(f"--compare {compare}: no such items file; give model B or the items.jsonl of an earlier `si eval`")
+    if path.suffix == ".jsonl":
+        summary_path = path.parent / "summary.json"
+        summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else {}
+        theirs, ours = summary.get("config", {}), asdict(config)
+        differing = sorted(k for k in ours if k in theirs and theirs[k] != ours[k])
+        if differing:
+            raise SIError(f"{path}: evaluated with other settings ({', '.join(differing)} differ); rerun both with "
+                          "identical settings, or pass the same options as that run")
+        return read_items(path), summary
+    summary = _evaluate(compare, config, folder, quiet, trust_remote_code)
+    return read_items(folder / "items.jsonl"), summary
+
+
+def _summary_table(summaries: dict[str, dict[str, Any]]) -> Table:
+    table = Table(title="Held-out benchmark (greedy)" if all(s["config"]["temperature"] == 0 for s in summaries.values())
+                  else "Held-out benchmark")
+    for col in ("", "model", "items", "accuracy", "95% CI", "lenient acc.", "format rate", "truncated"):
+        table.add_column(col, justify="left" if col in ("", "model") else "right")
+    for label, s in summaries.items():
+        ci = s["accuracy_ci"]
+        table.add_row(label, s["model"]["name"], str(s["n_items"]), f"{s['accuracy']:.3f}",
+                      f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "n/a", f"{s['accuracy_lenient']:.3f}",
+                      f"{s['format_rate']:.0%}", f"{s['truncated_rate']:.0%}")
+    return table
+
+
+def _comparison_table(comparison: dict[str, Any]) -> Table:
+    table = Table(title=f"A − B on {comparison['n_items']} paired items")
+    for col in ("metric", "A", "B", "A − B", "95% CI", "p", "only A", "only B"):
+        table.add_column(col, justify="left" if col == "metric" else "right")
+    for metric, m in comparison["metrics"].items():
+        ci = m["delta_ci"]
+        table.add_row(metric, f"{m['a']:.3f}", f"{m['b']:.3f}", f"{m['delta']:+.3f}",
+                      f"[{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "n/a",
+                      "n/a" if m["p_value"] is None else f"{m['p_value']:.3f}", str(m["only_a"]), str(m["only_b"]))
+    return table
+
+
+def _harness_table(report: dict[str, Any]) -> Table:
+    rows = report.get("comparison") or [
+        {"task": task, "metric": key, "a": value, "b": None, "delta": None, "delta_ci": None}
+        for task, metrics in report["results"]["a"].items() for key, value in metrics.items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and "_stderr" not in key
+    ]
+    table = Table(title="lm-evaluation-harness" + (" (A − B, paired over documents)" if "comparison" in report else ""))
+    for col in ("task", "metric", "A", "B", "A − B", "95% CI"):
+        table.add_column(col, justify="left" if col in ("task", "metric") else "right")
+    for r in rows:
+        ci = r["delta_ci"]
+        table.add_row(r["task"], r["metric"], f"{r['a']:.3f}", "" if r["b"] is None else f"{r['b']:.3f}",
+                      "" if r["delta"] is None else f"{r['delta']:+.3f}", f"[{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "")
+    return table
+
+
+def _harness(refs: dict[str, str], harness: str, options: dict[str, Any], folder: Path,
+             trust_remote_code: bool) -> dict[str, Any]:
+    """Run lm-evaluation-harness on each model with one HarnessConfig; compare A with B if both ran."""
+    from si_toolkit.evaluate import HarnessConfig, compare_harness, parse_tasks, run_harness
+    from si_toolkit.safeio import atomic_write_text
+
+    config = HarnessConfig(tasks=parse_tasks(harness), **options)
+    results = {}
+    for label, ref in refs.items():
+        results[label] = run_harness(ref, config, trust_remote_code=trust_remote_code)
+        atomic_write_text(folder / f"harness-{label}.json", json.dumps(results[label], indent=1, default=str) + "\n")
+    report: dict[str, Any] = {"config": asdict(config),
+                              "results": {k: v.get("results", {}) for k, v in results.items()}}
+    if len(results) == 2:
+        report["comparison"] = compare_harness(results["a"], results["b"], seed=config.seed)
+        atomic_write_text(folder / "harness-comparison.json", json.dumps(report["comparison"], indent=1) + "\n")
+    return report
+
+
+def eval_command(
+    checkpoint: Annotated[str, typer.Argument(help="Model A: `embedded`, a checkpoint folder, or a cached HF id.")],
+    compare: Annotated[str | None, typer.Option("--compare", help="Model B (e.g. the base), or the items.jsonl of an earlier `si eval`.")] = None,
+    prompts: Annotated[str, typer.Option("--prompts", help="Items with numeric answers: builtin:arithmetic or a file.")] = "builtin:arithmetic",
+    split: Annotated[str, typer.Option("--split", help="heldout (never trained on) or all.")] = "heldout",
+    n_items: Annotated[int | None, typer.Option("--n-items", help="Use the first n items of the split.")] = None,
+    system: Annotated[str | None, typer.Option("--system", help="System text before the CoT instruction (default: 'You are a helpful assistant.').")] = None,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Generated tokens per item.")] = 192,
+    temperature: Annotated[float, typer.Option("--temperature", help="0 = greedy (default); > 0 samples.")] = 0.0,
+    seed: Annotated[int, typer.Option("--seed", help="Sampling and bootstrap seed.")] = 0,
+    dtype: Annotated[str, typer.Option("--dtype", help="float32, bfloat16 or float16.")] = "float32",
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Items per generation batch.")] = 16,
+    no_prefill: Annotated[bool, typer.Option("--no-prefill", help="Do not prefill the assistant turn with <think>.")] = False,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Output folder (default reports/eval-A[-vs-B]).")] = None,
+    harness: Annotated[str | None, typer.Option("--harness", help="Also run lm-evaluation-harness tasks, e.g. gsm8k,arc_easy (extra [eval]).")] = None,
+    harness_limit: Annotated[int | None, typer.Option("--harness-limit", help="Documents per harness task (testing only).")] = None,
+    harness_fewshot: Annotated[int | None, typer.Option("--harness-fewshot", help="Few-shot examples for the harness tasks.")] = None,
+    chat_template: Annotated[bool, typer.Option("--chat-template", help="Harness: apply the model's chat template.")] = False,
+    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Allow model code from the model folder.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the results as JSON on stdout.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+) -> None:
+    """Accuracy and format rate on held-out arithmetic problems; with --compare, A − B item by item."""
+    from si_toolkit.evaluate import EvalConfig, compare_items, read_items, require_harness
+    from si_toolkit.safeio import atomic_write_json
+
+    try:
+        config = EvalConfig(prompts=prompts, split=split, n_items=n_items, prefill=not no_prefill,
+                            **({} if system is None else {"system": system}),
+                            max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, dtype=dtype,
+                            batch_size=batch_size)
+        if harness:
+            require_harness()  # fail before the benchmark runs, not after
+            if compare and compare.endswith(".jsonl"):
+                raise SIError("--harness with --compare needs model B itself, not an items.jsonl; pass B's folder")
+        folder = out_dir or Path("reports") / (f"eval-{_safe_name(checkpoint)}" + (f"-vs-{_safe_name(compare)}" if compare else ""))
+        result: dict[str, Any] = {}
+        if compare is None:
+            result["a"] = _evaluate(checkpoint, config, folder, quiet, trust_remote_code)
+        else:
+            # B first: an earlier items.jsonl made with other settings is refused before A runs
+            items_b, summary_b = _items_b(compare, config, folder / "b", quiet, trust_remote_code)
+            result["a"] = _evaluate(checkpoint, config, folder / "a", quiet, trust_remote_code)
+            result["b"] = summary_b
+            result["comparison"] = compare_items(read_items(folder / "a" / "items.jsonl"), items_b, seed=seed)
+            result["comparison"].update(a=result["a"].get("model"), b=result["b"].get("model"))
+            atomic_write_json(folder / "comparison.json", result["comparison"])
+        if harness:
+            refs = {"a": checkpoint, **({"b": compare} if compare else {})}
+            options = {"num_fewshot": harness_fewshot, "limit": harness_limit, "apply_chat_template": chat_template,
+                       "dtype": dtype, "seed": seed}
+            result["harness"] = _harness(refs, harness, options, folder, trust_remote_code)
+    except _USER_FAILURES as error:
+        _fail(error)
+        return
+    if json_out:
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+        return
+    out.print(_summary_table({k: v for k, v in result.items() if k in ("a", "b") and "accuracy" in v}))
+    if "comparison" in result:
+        out.print(_comparison_table(result["comparison"]))
+    if "harness" in result:
+        out.print(_harness_table(result["harness"]))
+    err.print(f"results: {folder}")
+
+
+def geometry_command(
+    base: Annotated[str, typer.Argument(help="The base model: `embedded`, a folder, or a cached HF id.")],
+    trained: Annotated[str, typer.Argument(help="The trained checkpoint folder (a fine-tune of BASE).")],
+    principles: Annotated[Path, typer.Option("--principles", help="The principle-set YAML the model was trained on.")],
+    prompts: Annotated[str, typer.Option("--prompts", help="builtin:mixed|arithmetic|open or a prompt file.")] = "builtin:mixed",
+    n_prompts: Annotated[int, typer.Option("--n-prompts", help="Held-out prompts to use.")] = 16,
+    split: Annotated[str, typer.Option("--split", help="heldout (never trained on) or all.")] = "heldout",
+    pool: Annotated[str, typer.Option("--pool", help="suffix (tokens after the principle text) or all.")] = "suffix",
+    dtype: Annotated[str, typer.Option("--dtype", help="float32, bfloat16 or float16.")] = "float32",
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Sequences per forward pass.")] = 8,
+    no_prefill: Annotated[bool, typer.Option("--no-prefill", help="Render without the <think> prefill.")] = False,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Output folder (default reports/geometry-TRAINED).")] = None,
+    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Allow model code from the model folder.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print geometry.json on stdout.")] = False,
+) -> None:
+    """Per layer: Sinkhorn divergence base→trained, shift along each principle's direction, effective rank."""
+    from si_toolkit.geometry import GeometryConfig, analyze_geometry, write_geometry
+
+    try:
+        config = GeometryConfig(prompts=prompts, n_prompts=n_prompts, split=split, pool=pool, prefill=not no_prefill,
+                                dtype=dtype, batch_size=batch_size)
+        result = analyze_geometry(base, trained, principles, config, trust_remote_code=trust_remote_code)
+        folder = out_dir or Path("reports") / f"geometry-{_safe_name(trained)}"
+        write_geometry(result, folder)
+    except _USER_FAILURES as error:
+        _fail(error)
+        return
+    if json_out:
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+        return
+    table = Table(title=f"Geometry of {result['trained']['name']} vs {result['base']['name']} ({result['n_points']} inputs)")
+    ids = [p["id"] for p in result["layers"][0]["principles"]]
+    for col in ("layer", "S_ε", "‖Δ‖", "eff. rank base→trained", *(f"{i} ∥ / ⊥" for i in ids)):
+        table.add_column(col, justify="right")
+    for row in result["layers"]:
+        shifts = ["n/a" if p["parallel_rel"] is None else f"{p['parallel_rel']:+.2f} / {p['orthogonal_rel']:.2f}"
+                  for p in row["principles"]]
+        table.add_row(str(row["layer"]), f"{row['sinkhorn']:.3g}", f"{row['shift_norm']:.3g}",
+                      f"{row['effective_rank_base']:.1f} → {row['effective_rank_trained']:.1f}", *shifts)
+    out.print(table)
+    err.print(f"geometry.json and figures: {folder}")
+
+
+def steadiness_command(
+    metrics: Annotated[Path, typer.Argument(help="A training run's metrics.jsonl (or its run folder).")],
+    warmup_steps: Annotated[float | None, typer.Option("--warmup-steps", help="Steps dropped before volatilities (default 10 % of the run).")] = None,
+    collapse_fraction: Annotated[float, typer.Option("--collapse-fraction", help="Entropy collapse: below this fraction of its start.")] = 0.5,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the numbers as JSON on stdout.")] = False,
+) -> None:
+    """Steadiness of a training run: reward/loss volatility, entropy slope and collapse, KL/Sinkhorn drift."""
+    from si_toolkit.steadiness import read_metrics, steadiness
+
+    try:
+        path = metrics / "metrics.jsonl" if metrics.is_dir() else metrics
+        result = steadiness(read_metrics(path), warmup_steps=warmup_steps, collapse_fraction=collapse_fraction).to_dict()
+    except _USER_FAILURES as error:
+        _fail(error)
+        return
+    if json_out:
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+        return
+    table = Table(title=f"Steadiness — {path}")
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    for key, value in result.items():
+        table.add_row(key, "n/a" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value))
+    out.print(table)
