@@ -17,7 +17,7 @@ from typing import Any, Literal
 from si_toolkit.backends.base import Backend, SamplingConfig
 from si_toolkit.errors import SIError
 from si_toolkit.principles import PrincipleSet
-from si_toolkit.prompts import PromptSet
+from si_toolkit.prompts import PromptSet, prompt_hash
 from si_toolkit.runs import RunFolder, Shard
 
 __all__ = ["RankConfig", "PROFILES", "new_manifest", "create_rank_run", "estimate_stage", "sample_stage", "score_stage", "units_total"]
@@ -76,7 +76,7 @@ def new_manifest(config: RankConfig, sets: list[PrincipleSet], prompts: PromptSe
     prompt_records = [{"id": p.id, "text": p.text, "answer": p.answer} for p in prompts.prompts]
     cfg = config.to_dict()
     cfg["set_hashes"] = {s.name: _sha([v.text for v in s.variants]) for s in sets}
-    cfg["prompt_hash"] = _sha([[p["id"], p["text"]] for p in prompt_records])
+    cfg["prompt_hash"] = prompt_hash(prompts)
     return {
         "command": command,
         "config": cfg,
