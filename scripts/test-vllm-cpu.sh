@@ -64,7 +64,6 @@ fi
 # machine's outside address), a small KV cache, and every core for the engine (by
 # default it reserves one core, which leaves one of two here).
 ncpu=$(nproc)
-export VLLM_TARGET_DEVICE=cpu
 export VLLM_HOST_IP=${VLLM_HOST_IP:-127.0.0.1}
 export VLLM_CPU_KVCACHE_SPACE=${VLLM_CPU_KVCACHE_SPACE:-2}
 export VLLM_CPU_OMP_THREADS_BIND=${VLLM_CPU_OMP_THREADS_BIND:-0-$((ncpu - 1))}
@@ -79,7 +78,7 @@ export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false VLLM_NO_USAGE_STATS=1 DO_NO
 report=$(mktemp -t si-vllm-junit.XXXXXX.xml)
 trap 'rm -f "$report"' EXIT
 set +e
-"$VENV/bin/python" -m pytest -m vllm -p no:cacheprovider -rA -s \
+"$VENV/bin/python" -m pytest -m vllm -p no:cacheprovider -rA -s --durations=0 \
   --junitxml="$report" tests/test_backends_vllm.py "$@"
 rc=$?
 set -e

@@ -90,6 +90,7 @@ def rank(
     force_new: Annotated[bool, typer.Option("--force-new", help="Move an existing run with another config aside.")] = False,
     no_prefill: Annotated[bool, typer.Option("--no-prefill", help="Do not prefill the assistant turn with <think>.")] = False,
     no_report: Annotated[bool, typer.Option("--no-report", help="Skip writing report.html/.md.")] = False,
+    prepare_only: Annotated[bool, typer.Option("--prepare-only", help="Only create the run folder (then run `si sample/score --shard`).")] = False,
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Allow model code from the model folder.")] = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -98,6 +99,9 @@ def rank(
     try:
         run = _create_run(files, prompts, model, backend, dtype, profile, n_prompts, replicates, max_new_tokens,
                           seed, out, force_new, no_prefill)
+        if prepare_only:
+            err.print(f"run folder ready: {run.path}")
+            return
         estimates = _run_all(run, trust_remote_code, quiet)
         if not no_report:
             _write_report(run.path, quiet)

