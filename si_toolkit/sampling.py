@@ -77,7 +77,7 @@ def run_sampling(run: RunFolder, backend: Backend, *, shard: Shard = Shard(), pr
 
 def _sample_unit(backend: Backend, set_name: str, meta: dict[str, Any], prompts: list[dict[str, Any]],
                  config: SamplingConfig, prefill: bool, seed: int) -> pd.DataFrame:
-    tokenizer = getattr(backend, "tokenizer")
+    tokenizer = backend.tokenizer
     rendered = render_unit_prompts(tokenizer, meta["variant_texts"], prompts, prefill=prefill)
     keys = list(rendered)
     for (prompt_id, _), ids in rendered.items():

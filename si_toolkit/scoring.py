@@ -54,7 +54,7 @@ def run_scoring(run: RunFolder, backend: Backend, *, shard: Shard = Shard(), pro
 
 def _score_unit(backend: Backend, set_name: str, meta: dict[str, Any], prompts: list[dict[str, Any]],
                 samples: pd.DataFrame, prefill: bool) -> pd.DataFrame:
-    tokenizer = getattr(backend, "tokenizer")
+    tokenizer = backend.tokenizer
     rendered = render_unit_prompts(tokenizer, meta["variant_texts"], prompts, prefill=prefill)
     K = len(meta["variant_texts"])
     responses = list(samples.itertuples(index=False))

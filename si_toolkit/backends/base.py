@@ -73,6 +73,7 @@ class Backend(Protocol):
     model_name: str
     dtype: str
     max_context: int
+    tokenizer: Any  # the model's tokenizer: chat.py renders prompts with it
 
     def generate(
         self, prompt_ids: list[list[int]], config: SamplingConfig, seed: int
