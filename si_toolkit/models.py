@@ -146,7 +146,9 @@ def load_causal_lm(model: ResolvedModel, *, dtype: str, device: str, trust_remot
     """Load the weights in `dtype` ('float32' or 'bfloat16') on `device`, in eval mode."""
     import torch
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # our own progress bars report the work; theirs is noise
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
     if torch_dtype is None:
         raise SIError(f"--dtype {dtype!r}: use float32, bfloat16 or float16")
