@@ -43,9 +43,10 @@ def read_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as err:
         raise SIError(f"{path}: not valid UTF-8 (byte {err.start}); save the file as UTF-8") from None
-    loader = _NoAliasSafeLoader(text)
-    loader.name = str(path)
+    loader = None
     try:
+        loader = _NoAliasSafeLoader(text)  # the reader already rejects control characters here
+        loader.name = str(path)
         data = loader.get_single_data()
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
@@ -53,7 +54,8 @@ def read_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise SIError(f"{path}:{line} malformed YAML ({problem}); fix the syntax") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     if not isinstance(data, dict):
         raise SIError(f"{path}: expected a YAML mapping (key: value lines) for a {what}, got {type(data).__name__}")
     return data
