@@ -322,7 +322,9 @@ def confirm(
 def _register_subcommands() -> None:
     """Commands that live in their own modules (imported lazily: they pull in no torch at import)."""
     from si_toolkit.eval_cli import eval_command, geometry_command, steadiness_command
+    from si_toolkit.train.cli import train_command
 
+    app.command("train")(train_command)
     app.command("eval")(eval_command)
     app.command("geometry")(geometry_command)
     app.command("steadiness")(steadiness_command)
