@@ -28,7 +28,8 @@ app = typer.Typer(
 principles_app = typer.Typer(no_args_is_help=True, help="Validate and inspect principle-set files.")
 app.add_typer(principles_app, name="principles")
 err = Console(stderr=True)
-out = Console()
+# A pipe or a log file gets 120 columns (rich's default of 80 would cut the ranking table).
+out = Console(width=None if sys.stdout.isatty() else 120)
 
 _STATE = {"debug": False}
 
@@ -162,13 +163,14 @@ def _print_estimates(estimates: dict[str, Any], run_dir: Path, json_out: bool) -
     from rich.table import Table
 
     table = Table(title=f"Sufficiency Index ranking — {run_dir}")
-    for col in ("rank", "set", "K", "SI", "95% CI", "MI (bits)", "accuracy / chance", "format", "tied w/ leader"):
-        table.add_column(col, justify="left" if col == "set" else "right")
+    for col in ("rank", "set", "K", "SI", "95% CI", "MI bits", "acc/chance", "format", "tied"):
+        table.add_column(col, justify="left" if col == "set" else "right", no_wrap=col != "set",
+                         min_width=18 if col == "set" else None)
     for entry in estimates["ranking"]:
         s = estimates["sets"][entry["set"]]
         ci = s["si_ci"]
         table.add_row(str(entry["rank"]), entry["set"], str(s["K"]), f"{s['si']:.3f}",
-                      f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "n/a", f"{s['mi_col_bits']:.3f}",
+                      f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "n/a", f"{s['mi_col_bits']:.3f}",
                       f"{s['accuracy']:.2f} / {s['chance']:.2f}",
                       f"{s['format_rate']:.0%}" if s.get("format_rate") is not None else "n/a",
                       "=" if entry["tied_with_leader"] else "")
