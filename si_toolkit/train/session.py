@@ -1,0 +1,218 @@
+"""Everything a training run holds, built once: run folder, models, optimizer, prompts, resume.
+
+`open_session` is the only place that loads weights. The policy is the model of an
+`HFBackend` (so generation goes through the same Backend code and rendering as the sampling
+stage), wrapped in DDP under torchrun, optionally with LoRA adapters (peft, imported lazily).
+The reference is a frozen copy of the initial weights (or, with LoRA, the policy with its
+adapters disabled); it is loaded only when the KL penalty or the Sinkhorn term (trained or
+monitored) needs it.
+
+The run folder records the resolved config and the principle set in train_config.json. A
+folder that already holds a run is reused only with `resume=True`, and only if nothing but
+the keys in `RESUMABLE_CHANGES` differs; otherwise the error names the differing keys.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from si_toolkit.backends.base import SamplingConfig
+from si_toolkit.backends.hf import HFBackend
+from si_toolkit.errors import SIError
+from si_toolkit.models import ResolvedModel, load_causal_lm, resolve_model
+from si_toolkit.principles import PrincipleSet
+from si_toolkit.prompts import PromptSet, load_prompts
+from si_toolkit.safeio import atomic_write_json
+from si_toolkit.train.checkpoint import latest_checkpoint, load_trainer_state, restore_rng
+from si_toolkit.train.config import RESUMABLE_CHANGES, TrainConfig
+from si_toolkit.train.distributed import DistContext, barrier
+from si_toolkit.train.metrics import MetricsLog
+
+__all__ = ["RUN_FILE", "Session", "open_session", "run_record"]
+
+RUN_FILE = "train_config.json"
+
+
+@dataclass
+class Session:
+    """The state of one training run on one process."""
+
+    config: TrainConfig
+    ctx: DistContext
+    out_dir: Path
+    principle_set: PrincipleSet
+    backend: HFBackend
+    policy: Any  # unwrapped policy (transformers or PEFT model); generation uses it
+    model: Any  # what the loss forward calls: DDP(policy) under torchrun, else the policy
+    reference: Any | None  # frozen initial weights; None when unused or with LoRA
+    optimizer: torch.optim.Optimizer
+    prompts: PromptSet
+    eval_prompts: PromptSet | None
+    sampling: SamplingConfig
+    metrics: MetricsLog
+    start_step: int
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def k(self) -> int:
+        return self.principle_set.K
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.backend.tokenizer
+
+    @property
+    def pad_id(self) -> int:
+        """Padding id of the forward passes (the tokenizer's pad, else EOS); padding is never attended."""
+        pad = self.tokenizer.pad_token_id
+        pad = self.tokenizer.eos_token_id if pad is None else pad
+        return int(pad or 0)
+
+    @property
+    def lora(self) -> bool:
+        return self.config.lora_r > 0
+
+
+def run_record(config: TrainConfig, principle_set: PrincipleSet, ctx: DistContext) -> dict[str, Any]:
+    """What train_config.json holds: the resolved config, the principle set and the environment."""
+    import transformers
+
+    return {
+        "config": config.to_dict(),
+        "principles": {"name": principle_set.name, "path": principle_set.path, "K": principle_set.K,
+                       "variant_labels": [v.label for v in principle_set.variants],
+                       "variant_texts": [v.text for v in principle_set.variants]},
+        "environment": {"world_size": ctx.world_size, "torch": torch.__version__,
+                        "transformers": transformers.__version__, "python": platform.python_version()},
+    }
+
+
+def _check_resumable(record: dict[str, Any], saved: dict[str, Any], path: Path) -> None:
+    old, new = saved.get("config", {}), record["config"]
+    differing = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
+    if differing:
+        details = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in differing)
+        raise SIError(f"{path}: cannot resume with a different config ({details}); use the original settings, "
+                      "or start a new run (--out) from a checkpoint folder with --model")
+    if saved.get("principles", {}).get("variant_texts") != record["principles"]["variant_texts"]:
+        raise SIError(f"{path}: the run was trained on other principle texts; pass the original principle file")
+
+
+def _prepare_out_dir(config: TrainConfig, principle_set: PrincipleSet, out_dir: Path, resume: bool,
+                     ctx: DistContext) -> Path | None:
+    """Create or check the run folder; return the checkpoint to resume from (or None)."""
+    record = run_record(config, principle_set, ctx)
+    path = out_dir / RUN_FILE
+    checkpoint = latest_checkpoint(out_dir)
+    if path.is_file() or checkpoint is not None:
+        if not resume:
+            raise SIError(f"{out_dir} already holds a training run; pass --resume to continue it or choose another --out")
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        except (OSError, json.JSONDecodeError) as err:
+            raise SIError(f"{path}: unreadable ({err}); restore it or start a new run") from None
+        _check_resumable(record, saved, path)
+    barrier(ctx)  # every rank has checked the folder before the main one writes into it
+    if ctx.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, record)
+    barrier(ctx)
+    return checkpoint
+
+
+def _device(config: TrainConfig, ctx: DistContext) -> str:
+    cuda = torch.cuda.is_available()
+    if config.device == "cuda" and not cuda:
+        raise SIError("device='cuda' but no CUDA GPU is visible; use device=auto or cpu")
+    if config.device == "cpu" or not cuda:
+        return "cpu"
+    return f"cuda:{ctx.local_rank}" if ctx.enabled else "cuda"
+
+
+def _apply_lora(model: Any, config: TrainConfig, checkpoint: Path | None) -> Any:
+    try:
+        from peft import LoraConfig, PeftModel, get_peft_model
+    except ImportError:
+        raise SIError(f"lora_r={config.lora_r} needs the optional package peft: pip install 'si-toolkit[lora]' "
+                      "(or set lora_r=0 to train all weights)") from None
+    if checkpoint is not None:
+        return PeftModel.from_pretrained(model, str(checkpoint / "adapter"), is_trainable=True)
+    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      target_modules=list(config.lora_targets), task_type="CAUSAL_LM")
+    try:
+        return get_peft_model(model, lora)
+    except ValueError as err:
+        raise SIError(f"lora_targets={config.lora_targets}: {str(err).splitlines()[0]}; "
+                      "name modules of this model") from None
+
+
+def _load_models(config: TrainConfig, ctx: DistContext, checkpoint: Path | None,
+                 needs_reference: bool) -> tuple[HFBackend, Any, Any | None]:
+    """(backend whose .model is the policy, policy, reference or None)."""
+    device = _device(config, ctx)
+    resolved = resolve_model(config.model, trust_remote_code=config.trust_remote_code)
+    source = resolved
+    if checkpoint is not None and config.lora_r == 0:
+        source = ResolvedModel(ref=str(checkpoint), name=resolved.name, path=str(checkpoint))
+    backend = HFBackend(source, dtype=config.dtype, device=device, trust_remote_code=config.trust_remote_code)
+    reference = None
+    if needs_reference and config.lora_r == 0:
+        if checkpoint is None:
+            reference = copy.deepcopy(backend.model)
+        else:  # the reference is the initial model, not the checkpoint
+            reference = load_causal_lm(resolved, dtype=config.dtype, device=device,
+                                       trust_remote_code=config.trust_remote_code)
+        reference.requires_grad_(False)
+    policy = backend.model
+    if config.lora_r > 0:
+        policy = _apply_lora(policy, config, checkpoint)
+        backend.model = policy  # generation samples from the adapted policy
+    # Dropout stays off (eval mode), as TRL's disable_dropout: the loss must score the
+    # distribution that generated the samples.
+    policy.eval()
+    return backend, policy, reference
+
+
+def open_session(config: TrainConfig, principle_set: PrincipleSet, out_dir: Path, *, resume: bool,
+                 ctx: DistContext) -> Session:
+    """Build (or restore) the run: folder, models, optimizer, prompts, metrics log."""
+    if config.prompts_per_step % (ctx.world_size * config.grad_accum) != 0:
+        raise SIError(f"prompts_per_step={config.prompts_per_step} must be a multiple of world size ({ctx.world_size}) "
+                      f"x grad_accum ({config.grad_accum}): every process takes whole prompts")
+    k = principle_set.K
+    if config.sami_weight > 0.0 and config.num_generations % k != 0:
+        raise SIError(f"num_generations={config.num_generations} must be a multiple of K={k} (variants of "
+                      f"{principle_set.path}) when lambda_sami > 0: each prompt needs complete K x K SAMI matrices")
+    prompts = load_prompts(config.prompts, n=config.n_prompts)
+    eval_prompts = load_prompts(config.eval_prompts, n=config.n_eval_prompts) if config.eval_prompts else None
+    checkpoint = _prepare_out_dir(config, principle_set, out_dir, resume, ctx)
+    needs_reference = config.beta > 0.0 or config.ot_weight > 0.0 or config.monitor_off_terms
+    backend, policy, reference = _load_models(config, ctx, checkpoint, needs_reference)
+    model = policy
+    if ctx.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(policy, device_ids=[ctx.local_rank] if backend.device != "cpu" else None)
+    trainable = [p for p in policy.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
+                                  eps=config.adam_epsilon, weight_decay=config.weight_decay)
+    start_step = 0
+    metrics = MetricsLog(out_dir, enabled=ctx.is_main, tensorboard=config.tensorboard)
+    if checkpoint is not None:
+        state = load_trainer_state(checkpoint)
+        optimizer.load_state_dict(state["optimizer"])
+        restore_rng(state["rng"])
+        start_step = int(state["step"])
+    metrics.truncate_after(start_step)
+    sampling = SamplingConfig(max_new_tokens=config.max_completion_length, temperature=config.temperature,
+                              top_p=config.top_p, top_k=0, replicates=1, seed=config.seed)
+    return Session(config=config, ctx=ctx, out_dir=out_dir, principle_set=principle_set, backend=backend,
+                   policy=policy, model=model, reference=reference, optimizer=optimizer, prompts=prompts,
+                   eval_prompts=eval_prompts, sampling=sampling, metrics=metrics, start_step=start_step)

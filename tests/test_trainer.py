@@ -1,0 +1,356 @@
+"""The ENIGMA trainer on the tiny model: scores, metrics, checkpoints, exact resume, learning, failures.
+
+The tiny model runs single-threaded here: on a busy 2-core machine, two OpenMP threads per
+process make small matmuls tens of times slower.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from si_toolkit.backends.base import ScoreRequest
+from si_toolkit.errors import SIError
+from si_toolkit.principles import load_principle_set
+from si_toolkit.prompts import load_prompts
+from si_toolkit.train import trainer as trainer_module
+from si_toolkit.train.checkpoint import load_trainer_state
+from si_toolkit.train.cli import app
+from si_toolkit.train.config import TrainConfig
+from si_toolkit.train.forward import forward_pairs, span_mask, span_sums
+from si_toolkit.train.metrics import TIMING_KEYS
+from si_toolkit.train.rollout import assign_variants, rollout_group, step_prompt_indices
+from si_toolkit.train.terms import sami_pairs
+from si_toolkit.train.trainer import learning_rate_at, train
+
+PAIR = "mode: alternatives\nprinciples:\n  - id: pirate\n    text: Talk like a pirate.\n  - id: butler\n    text: Talk like a butler.\n"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture()
+def pair_set(write_set):
+    return load_principle_set(write_set("pair", PAIR))
+
+
+def _config(model: Path, **overrides) -> TrainConfig:
+    base = dict(model=str(model), max_steps=2, prompts_per_step=2, num_generations=4, max_completion_length=8,
+                learning_rate=1e-3, save_every=0, n_prompts=6, tensorboard=False)
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+def _params(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+def _comparable(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k not in TIMING_KEYS}
+
+
+# ------------------------------------------------------------------ pure pieces
+
+
+def test_learning_rate_schedule() -> None:
+    c = TrainConfig(learning_rate=1.0, warmup_steps=2, max_steps=6, lr_schedule="cosine")
+    # warm-up 1/2, 1; cosine over the 4 remaining steps: ½(1 + cos(π·k/4)), k = 0..3
+    expected = [0.5, 1.0, 1.0, 0.5 * (1 + math.cos(math.pi / 4)), 0.5, 0.5 * (1 + math.cos(3 * math.pi / 4))]
+    assert [learning_rate_at(s, c) for s in range(1, 7)] == pytest.approx(expected)
+    flat = TrainConfig(learning_rate=0.1, lr_schedule="constant", max_steps=3)
+    assert [learning_rate_at(s, flat) for s in (1, 2, 3)] == [0.1, 0.1, 0.1]
+
+
+def test_prompt_schedule_walks_epochs_of_permutations() -> None:
+    stream = [i for step in range(1, 6) for i in step_prompt_indices(5, 2, step, seed=3)]  # 10 items = 2 epochs
+    assert sorted(stream[:5]) == list(range(5)) and sorted(stream[5:]) == list(range(5))
+    assert step_prompt_indices(5, 2, 2, seed=3) == stream[2:4]  # a pure function of (step, seed)
+    assert stream != [i for step in range(1, 6) for i in step_prompt_indices(5, 2, step, seed=4)]
+
+
+def test_variants_are_stratified_blocks_of_k() -> None:
+    rng = np.random.default_rng(0)
+    for g, k in [(4, 2), (6, 3), (5, 2)]:
+        variants = assign_variants(g, k, rng)
+        assert len(variants) == g
+        for start in range(0, g - g % k, k):
+            assert sorted(variants[start: start + k]) == list(range(k))  # each full block holds every variant once
+
+
+# ------------------------------------------------------------------ scores
+
+
+def test_sami_matrix_equals_the_scoring_stage(tiny_backend, pair_set) -> None:
+    """L[i, j] = log π(y_j | x, c_i) summed over the CoT: the trainer's batched forward equals the backend scorer."""
+    from si_toolkit.backends.base import SamplingConfig
+
+    prompt = load_prompts("builtin:arithmetic", n=1).prompts[0]
+    texts = [v.text for v in pair_set.variants]
+    group = rollout_group(tiny_backend, tiny_backend.tokenizer, prompt, texts, num_generations=4,
+                          sampling=SamplingConfig(max_new_tokens=12), prefill=True, seed=0, step=1, position=0)
+    pairs, index, bounds = sami_pairs([group], 2, "full")
+    diagonal = [(r.prompt_ids, r.token_ids) for r in group.rollouts]
+    every = diagonal + pairs
+    out = forward_pairs(tiny_backend.model, every, pad_id=tiny_backend.tokenizer.pad_token_id, temperature=1.0)
+    sums, counts = span_sums(out.logp, span_mask(bounds, out.logp.shape[1], out.logp.device) & out.mask)
+    scored = tiny_backend.score([ScoreRequest(tuple(p), tuple(c)) for p, c in every])
+    assert torch.allclose(sums.double(), torch.tensor([s.sum() for s in scored]), atol=1e-4)
+    assert counts.tolist() == [len(c) for _, c in every]
+    assert index.shape == (2, 2, 2)  # G / K = 2 matrices of K x K
+    for m in range(2):
+        for j in range(2):  # column j holds the same completion, row i its prompt under variant i
+            completions = {every[int(index[m, i, j])][1] for i in range(2)}
+            assert len(completions) == 1
+            assert [every[int(index[m, i, j])][0] for i in range(2)] == list(group.variant_prompt_ids)
+
+
+@pytest.mark.parametrize(("cot_ends", "logged"), [((0, 3), False), ((2, 3), True)], ids=["one-point-cloud", "two-points"])
+def test_ot_term_needs_two_points_per_cloud(tiny_backend, pair_set, cot_ends, logged) -> None:
+    """A completion whose CoT span is empty ('<answer>' first) adds no OT point; a 1-point cloud adds no term."""
+    from si_toolkit.chat import render_prompt_ids
+    from si_toolkit.train.distributed import DistContext
+    from si_toolkit.train.metrics import StatSums
+    from si_toolkit.train.rollout import Group, Rollout
+    from si_toolkit.train.terms import MicroBatch, Models, micro_batch_loss
+
+    tok, model = tiny_backend.tokenizer, tiny_backend.model
+    prompt = load_prompts("builtin:arithmetic", n=1).prompts[0]
+    rendered = tuple(tuple(render_prompt_ids(tok, v.text, prompt.text)) for v in pair_set.variants)
+    ids = tuple(tok("the total is 4 apples", add_special_tokens=False).input_ids)
+    rollouts = tuple(Rollout(variant=v, replicate=0, prompt_ids=rendered[v], token_ids=ids, text="", cot_end=cot_ends[v],
+                             format_ok=False, finish_reason="length") for v in range(2))
+    group = Group(position=0, prompt=prompt, variant_prompt_ids=rendered, rollouts=rollouts)
+    diagonal = [(r.prompt_ids, r.token_ids) for r in rollouts]
+    pad = tok.pad_token_id
+    with torch.no_grad():
+        ref = forward_pairs(model, diagonal, pad_id=pad, temperature=1.0, layers=[-1])  # reference = policy here
+    mb = MicroBatch(groups=[group], advantages=torch.zeros(2), weights={"grpo": 1.0, "sami": 1.0, "ot": 1.0}, ref=ref)
+    cfg = _config(Path("unused"), preset="grpo+ot", num_generations=2, prompts_per_step=1, monitor_off_terms=False)
+    stats = StatSums()
+    loss = micro_batch_loss(cfg, Models(model=model, policy=model, pad_id=pad, ctx=DistContext()), mb, 2, stats)
+    values = stats.reduce(DistContext())
+    assert torch.isfinite(loss)
+    assert ("sinkhorn" in values) == logged
+    if logged:
+        assert values["sinkhorn"] == pytest.approx(0.0, abs=1e-5)  # identical clouds
+
+
+# ------------------------------------------------------------------ training runs
+
+
+def test_two_steps_log_every_metric_and_save_a_loadable_checkpoint(tiny_model_dir, pair_set, tmp_path) -> None:
+    out = tmp_path / "run"
+    cfg = _config(tiny_model_dir, beta=0.05, eval_every=2, eval_prompts="builtin:arithmetic", n_eval_prompts=2)
+    result = train(cfg, pair_set, out)
+    assert [r["step"] for r in result.rows] == [1, 2] and result.checkpoint == out / "checkpoint-2"
+    first = result.rows[0]
+    assert "eval_reward_mean" not in first
+    assert {"eval_reward_mean", "eval_format_rate", "eval_completion_length", "eval_sami_mi_bound"} <= set(result.rows[1])
+    for key in ("reward_mean", "reward_std", "format_rate", "frac_zero_std_groups", "loss", "loss_grpo", "loss_sami",
+                "sami_mi_bound", "sinkhorn", "kl", "entropy", "clip_ratio_region", "completion_length_mean",
+                "grad_norm", "lr", "step_time", "tokens_per_s"):
+        assert key in first and first[key] is not None, key
+    assert first["sinkhorn"] == pytest.approx(0.0, abs=1e-5) and first["kl"] == pytest.approx(0.0, abs=1e-6)  # policy = reference
+    assert first["sami_mi_bound"] <= math.log(2) + 1e-9
+    assert first["loss"] == pytest.approx(first["loss_grpo"] + first["loss_sami"] + first["sinkhorn"])
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged] == [1, 2]
+    assert json.loads((out / "train_config.json").read_text())["config"]["beta"] == 0.05
+
+    state = load_trainer_state(out / "checkpoint-2")  # weights_only=True
+    assert state["step"] == 2 and "optimizer" in state and "rng" in state
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(out / "checkpoint-2")
+    tokenizer = AutoTokenizer.from_pretrained(out / "checkpoint-2")
+    ids = tokenizer("the total", return_tensors="pt").input_ids
+    assert model.generate(ids, max_new_tokens=3, do_sample=False).shape[1] == ids.shape[1] + 3
+    initial = _params(tiny_model_dir)
+    assert any(not torch.equal(initial[k], v) for k, v in _params(out / "checkpoint-2").items())
+
+
+def test_resume_continues_exactly(tiny_model_dir, pair_set, tmp_path) -> None:
+    """4 steps in one go == killed during step 3, resumed from checkpoint-2 (metrics and weights), off-policy updates."""
+    cfg = _config(tiny_model_dir, max_steps=4, save_every=2, num_iterations=2, grad_accum=2, beta=0.02,
+                  importance_level="sequence", ot_pooling="token", ot_layers=[1, -1], ot_max_points=20)
+    whole = train(cfg, pair_set, tmp_path / "whole")
+    part = tmp_path / "part"
+
+    def kill_at_step_3(row: dict) -> None:  # after step 3 is logged, before its checkpoint would be written
+        if row["step"] == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, pair_set, part, on_step=kill_at_step_3)
+    assert [json.loads(line)["step"] for line in (part / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+    with open(part / "metrics.jsonl", "a", encoding="utf-8") as fh:
+        fh.write('{"step": 4, "rew')  # and a row torn by the kill
+    with pytest.raises(SIError, match="pass --resume"):
+        train(cfg, pair_set, part)
+    with pytest.raises(SIError, match=r"learning_rate: 0.001 -> 0.002"):
+        train(TrainConfig(**{**cfg.to_dict(), "learning_rate": 2e-3}), pair_set, part, resume=True)
+    resumed = train(cfg, pair_set, part, resume=True)
+    assert [r["step"] for r in resumed.rows] == [3, 4]
+    assert [_comparable(r) for r in resumed.rows] == [_comparable(r) for r in whole.rows[2:]]
+    logged = [json.loads(line)["step"] for line in (part / "metrics.jsonl").read_text().splitlines()]
+    assert logged == [1, 2, 3, 4]  # the orphan row of step 3 and the torn row were replaced, not duplicated
+    a, b = _params(tmp_path / "whole" / "checkpoint-4"), _params(part / "checkpoint-4")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_loop_learns_a_reward_that_varies(tiny_model_dir, pair_set, tmp_path) -> None:
+    """Reward = share of completion tokens from the lower half of the vocabulary: it rises while S_ε stays bounded.
+
+    The Sinkhorn term sits on the middle layer: on the tiny model, OT on the last (normed) layer
+    pins the very states the logits are read from, and the reward cannot move.
+    """
+    half = 200
+
+    def share_low(group) -> list[float]:
+        return [float(np.mean([t < half for t in r.token_ids])) for r in group.rollouts]
+
+    cfg = _config(tiny_model_dir, preset="grpo+ot", lambda_ot=0.1, ot_layers=[1], max_steps=30, learning_rate=3e-3,
+                  lr_schedule="constant", num_generations=8, monitor_off_terms=False, seed=1)
+    rows = train(cfg, pair_set, tmp_path / "learn", reward_fn=share_low).rows
+    rewards = [r["reward_mean"] for r in rows]
+    assert np.mean(rewards[-5:]) > np.mean(rewards[:5]) + 0.15, rewards
+    sinkhorn = [r["sinkhorn"] for r in rows]
+    assert rows[0]["sinkhorn"] == pytest.approx(0.0, abs=1e-5)
+    # Bounded: never above 3 reference-variance units, and settled below 1 (≈ half the spread of the
+    # reference cloud itself, whose points sit at squared distance ≈ 2 from each other).
+    assert max(sinkhorn) < 3.0 and np.mean(sinkhorn[-10:]) < 1.0, sinkhorn
+    assert "loss_sami" not in rows[0]  # SAMI neither trained nor monitored
+
+
+@pytest.mark.parametrize(
+    ("loss_type", "importance_level", "scale_rewards"),
+    [("grpo", "token", "group"), ("dr_grpo", "token", "none"), ("dapo", "sequence", "group")],
+    ids=["grpo", "dr_grpo-unscaled", "dapo-gspo"],
+)
+def test_every_loss_variant_trains(tiny_model_dir, pair_set, tmp_path, loss_type, importance_level, scale_rewards) -> None:
+    def by_length(group) -> list[float]:  # varies inside every group: a GRPO signal for each variant
+        return [float(len(set(r.token_ids))) for r in group.rollouts]
+
+    cfg = _config(tiny_model_dir, preset="grpo", max_steps=1, loss_type=loss_type, importance_level=importance_level,
+                  scale_rewards=scale_rewards, monitor_off_terms=False, num_iterations=2)
+    row = train(cfg, pair_set, tmp_path / loss_type, reward_fn=by_length).rows[0]
+    assert math.isfinite(row["loss_grpo"]) and row["grad_norm"] > 0
+    assert "kl" not in row and "sinkhorn" not in row  # no reference model is loaded
+
+
+def test_non_finite_loss_saves_the_last_weights_and_stops(tiny_model_dir, pair_set, tmp_path, monkeypatch) -> None:
+    real = trainer_module.micro_batch_loss
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if calls["n"] > 1 else loss  # step 1 is fine, step 2 is NaN
+
+    monkeypatch.setattr(trainer_module, "micro_batch_loss", poisoned)
+    out = tmp_path / "nan"
+    with pytest.raises(SIError, match="step 2: the loss or its gradient is not finite.*checkpoint-1"):
+        train(_config(tiny_model_dir, max_steps=3), pair_set, out)
+    assert load_trainer_state(out / "checkpoint-1")["step"] == 1
+    assert all(torch.isfinite(v).all() for v in _params(out / "checkpoint-1").values())
+
+
+def test_lambda_sami_needs_complete_matrices(tiny_model_dir, pair_set, tmp_path) -> None:
+    with pytest.raises(SIError, match="num_generations=3 must be a multiple of K=2"):
+        train(_config(tiny_model_dir, num_generations=3), pair_set, tmp_path / "x")
+
+
+def test_lora_trains_adapters_and_saves_merged_weights(tiny_model_dir, pair_set, tmp_path) -> None:
+    out = tmp_path / "lora"
+    train(_config(tiny_model_dir, max_steps=1, lora_r=4, lora_targets=["q_proj", "v_proj"], learning_rate=1e-2), pair_set, out)
+    assert (out / "checkpoint-1" / "adapter" / "adapter_config.json").is_file()
+    merged, initial = _params(out / "checkpoint-1"), _params(tiny_model_dir)
+    assert set(merged) == set(initial)  # a plain model: no lora_ keys
+    changed = {k for k in merged if not torch.equal(merged[k], initial[k])}
+    assert changed and all("q_proj" in k or "v_proj" in k for k in changed)
+
+
+def test_lora_without_peft_is_a_clear_error(tiny_model_dir, pair_set, tmp_path, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "peft", None)  # makes `import peft` raise ImportError
+    with pytest.raises(SIError, match="lora_r=4 needs the optional package peft"):
+        train(_config(tiny_model_dir, lora_r=4), pair_set, tmp_path / "nopeft")
+
+
+# ------------------------------------------------------------------ command line
+
+
+def test_cli_trains_and_reports_json(tiny_model_dir, write_set, tmp_path) -> None:
+    path = write_set("pair", PAIR)
+    out = tmp_path / "cli"
+    args = ["--principles", str(path), "--model", str(tiny_model_dir), "--out", str(out), "--max-steps", "1",
+            "--preset", "grpo", "--set", "max_completion_length=6", "--set", "n_prompts=4", "--quiet", "--json"]
+    result = CliRunner().invoke(app, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["last_step"] == 1 and Path(report["checkpoint"]) == out / "checkpoint-1"
+    assert json.loads((out / "train_config.json").read_text())["config"]["preset"] == "grpo"
+
+
+def test_cli_lists_config_keys() -> None:
+    result = CliRunner().invoke(app, ["--help-config"])
+    assert result.exit_code == 0
+    assert "lambda_sami" in result.stdout and "ot_layers" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [(["--set", "lerning_rate=1"], "did you mean 'learning_rate'"), (["--preset", "ppo"], "preset='ppo'"), ([], None)],
+    ids=["unknown-key", "bad-preset", "missing-principles"],
+)
+def test_cli_user_errors_exit_2(extra: list[str], message: str | None, write_set) -> None:
+    args = extra if message is None else ["--principles", str(write_set("pair", PAIR)), *extra]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2
+    assert (message or "--principles FILE is required") in result.output
+
+
+@pytest.mark.slow
+def test_si_train_on_the_embedded_model_end_to_end(tmp_path) -> None:
+    """`si train` on SmolLM2-135M for one tiny step; the checkpoint reloads in transformers and generates."""
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from si_toolkit.chat import render_prompt_ids
+    from si_toolkit.models import resolve_model
+
+    principles = Path(__file__).resolve().parents[1] / "principles" / "concise-vs-comprehensive.yaml"
+    out = tmp_path / "embedded"
+    args = ["--principles", str(principles), "--out", str(out), "--max-steps", "1", "--prompts", "builtin:arithmetic",
+            "--set", "n_prompts=2", "--set", "prompts_per_step=1", "--set", "num_generations=2",
+            "--set", "max_completion_length=8", "--set", "beta=0.01", "--quiet", "--json"]
+    result = CliRunner().invoke(app, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    metrics = report["metrics"]
+    assert all(math.isfinite(metrics[k]) for k in ("loss", "loss_grpo", "loss_sami", "sami_mi_bound", "kl", "entropy"))
+    checkpoint = Path(report["checkpoint"])
+    assert checkpoint == out / "checkpoint-1"
+
+    model = AutoModelForCausalLM.from_pretrained(checkpoint)
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    ids = torch.tensor([render_prompt_ids(tokenizer, "Be brief.", "What is 2 + 3?")])
+    generated = model.generate(ids, max_new_tokens=4, do_sample=False)
+    assert generated.shape[1] == ids.shape[1] + 4
+    key = "model.layers.0.self_attn.q_proj.weight"
+    with safe_open(str(checkpoint / "model.safetensors"), "pt") as new, \
+            safe_open(str(Path(resolve_model("embedded").path) / "model.safetensors"), "pt") as old:
+        assert not torch.equal(new.get_tensor(key), old.get_tensor(key))  # the step changed the weights
