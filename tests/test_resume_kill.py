@@ -33,31 +33,37 @@ def _tables(run: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     return pd.read_parquet(run / "samples.parquet"), pd.read_parquet(run / "scores.parquet")
 
 
+def _shards(run: Path) -> int:
+    return len(list((run / "shards").rglob("u*.parquet"))) if (run / "shards").is_dir() else 0
+
+
 def test_sigkill_at_random_points_then_resume_equals_uninterrupted(tiny_model_dir, tmp_path) -> None:
     sets = []
     for name, text in SETS.items():
         sets.append(tmp_path / f"{name}.yaml")
         sets[-1].write_text(text)
-    start = time.monotonic()
     subprocess.run(_command(tiny_model_dir, sets, tmp_path / "ref"), env=_env(), check=True, capture_output=True)
-    duration = time.monotonic() - start
     ref_samples, ref_scores = _tables(tmp_path / "ref")
+    total_units = _shards(tmp_path / "ref")  # 2 stages x 2 sets x 3 units
 
     run = tmp_path / "killed"
     rng = random.Random(1234)
+    # Seeded kill points: after k finished shards (k increasing over the rounds) plus a random
+    # delay, so a kill can land while a unit is being computed or written, in either stage.
+    kill_after = sorted(rng.sample(range(total_units - 1), 3))
     kills = 0
-    for _ in range(4):
+    for k in kill_after:
         proc = subprocess.Popen(_command(tiny_model_dir, sets, run), env=_env(), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
-        # Kill somewhere between start-up and the end of a full run (seeded, reproducible).
-        time.sleep(rng.uniform(0.3, 0.95) * duration)
+        deadline = time.monotonic() + 300
+        while _shards(run) <= k and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 0.3))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1
         proc.wait()
-        if (run / "scores.parquet").exists():
-            break
-    assert kills >= 1
+    assert kills >= 2
     # Every shard that exists after the kills is complete: SIGKILL can only leave hidden temp files.
     for shard in (run / "shards").rglob("u*.parquet"):
         pd.read_parquet(shard)
