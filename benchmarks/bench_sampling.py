@@ -34,7 +34,7 @@ def main() -> None:
     prefixes, _ = common.workload(backend.tokenizer, k=4, n_prompts=args.n_prompts, length=args.length)
     total = len(prefixes) * args.length
     gen = GenerationConfig(do_sample=True, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=args.length,
-                           min_new_tokens=args.length, pad_token_id=backend._pad_id)
+                           min_new_tokens=args.length, pad_token_id=backend._pad_id, num_return_sequences=1)
 
     def hf_run() -> None:
         for start in range(0, len(prefixes), args.batch):
