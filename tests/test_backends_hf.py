@@ -58,3 +58,15 @@ def test_sampling_config_validation() -> None:
     for bad in ({"temperature": 0}, {"top_p": 1.5}, {"top_k": -1}, {"replicates": 0}, {"max_new_tokens": 0}):
         with pytest.raises(SIError):
             SamplingConfig(**bad)
+
+
+def test_models_with_logit_softcapping_fall_back_to_full_forwards(tiny_backend, monkeypatch) -> None:
+    reqs = _requests(tiny_backend, n_prompts=1, max_new_tokens=6)[:2]
+    monkeypatch.setattr(tiny_backend.model.config, "final_logit_softcapping", 30.0, raising=False)
+    calls = []
+    import si_toolkit.backends.hf as hf
+
+    real = hf.naive_score
+    monkeypatch.setattr(hf, "naive_score", lambda model, r: calls.append(len(r)) or real(model, r))
+    tiny_backend.score(reqs)
+    assert calls == [2]

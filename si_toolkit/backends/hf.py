@@ -111,6 +111,10 @@ class HFBackend:
         Requests are grouped by prefix; several prefix groups run in one left-padded batch, and
         each prefix's KV cache is shared (by index) by all of its continuations.
         """
+        if _head_is_not_plain(self.model.config):
+            # Logit soft-capping or scaling happens after the lm-head inside the model's own
+            # forward; the hidden-state path below would skip it, so use full forwards.
+            return naive_score(self.model, requests)
         by_prefix: dict[tuple[int, ...], list[int]] = defaultdict(list)
         for n, req in enumerate(requests):
             if not req.prefix_ids:
@@ -189,6 +193,11 @@ def _trim(tokens: list[int], eos: set[int]) -> Generation:
         if tok in eos:
             return Generation(token_ids=tokens[: t + 1], finish_reason="stop")
     return Generation(token_ids=tokens, finish_reason="length")
+
+
+def _head_is_not_plain(config: Any) -> bool:
+    """True for models whose logits are not just lm_head(final hidden state) (Gemma 2, Cohere)."""
+    return bool(getattr(config, "final_logit_softcapping", None)) or getattr(config, "logit_scale", None) not in (None, 1.0)
 
 
 def _pack_groups(groups: list[tuple[tuple[int, ...], list[int]]], requests: list[ScoreRequest],
