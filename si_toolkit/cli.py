@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from si_toolkit.errors import USER_FAILURES as _USER_FAILURES
 from si_toolkit.errors import SIError
 
 __all__ = ["app", "main"]
@@ -72,7 +73,6 @@ def _fail(error: BaseException) -> None:
     raise typer.Exit(code=2)
 
 
-_USER_FAILURES = (SIError, OSError, KeyboardInterrupt)
 
 
 @app.command()
@@ -201,18 +201,17 @@ def score(
 
 def _stage_command(run_dir: Path, stage: str, shard_text: str | None, trust_remote_code: bool, quiet: bool) -> None:
     """One stage (or one shard of it); the merged table is written once every unit has a shard."""
-    from si_toolkit.backends.base import make_backend
-    from si_toolkit.pipeline import sample_stage, score_stage, units_left
+    from si_toolkit.pipeline import run_backend, sample_stage, score_stage, units_left
     from si_toolkit.runs import RunFolder, parse_shard
 
     backend = None
     try:
         run = RunFolder(run_dir)
-        cfg = run.read_manifest()["config"]
+        run.read_manifest()  # a clear error before anything else when this is not a run folder
         shard = parse_shard(shard_text)
         left = units_left(run, stage, shard)
         if left:
-            backend = make_backend(cfg["backend"], cfg["model"], dtype=cfg["dtype"], trust_remote_code=trust_remote_code)
+            backend = run_backend(run, trust_remote_code=trust_remote_code)
         work = sample_stage if stage == "sample" else score_stage
         with _progress_factory(quiet)(stage, left) as advance:
             complete = work(run, backend, shard, advance)

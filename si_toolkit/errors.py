@@ -6,8 +6,13 @@ Bugs stay ordinary exceptions, so they keep their traceback.
 
 from __future__ import annotations
 
-__all__ = ["SIError"]
+__all__ = ["SIError", "USER_FAILURES"]
 
 
 class SIError(ValueError):
     """A user-caused problem. The message names the file or field, what was found and the fix."""
+
+
+# What a command reports as one line instead of a traceback: bad input (SIError), the system
+# (disk full, permission denied: OSError) and Ctrl-C.
+USER_FAILURES = (SIError, OSError, KeyboardInterrupt)

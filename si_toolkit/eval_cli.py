@@ -17,13 +17,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from si_toolkit.errors import USER_FAILURES as _USER_FAILURES
 from si_toolkit.errors import SIError
 
 __all__ = ["eval_command", "geometry_command", "steadiness_command"]
 
 err = Console(stderr=True)
 out = Console()
-_USER_FAILURES = (SIError, OSError, KeyboardInterrupt)
 
 
 def _fail(error: BaseException) -> None:

@@ -196,6 +196,14 @@ def create_rank_run(files: list[Path], *, prompts: str = "builtin:mixed", model:
     return open_run(Path(out), manifest, force_new=force_new)
 
 
+def run_backend(run: RunFolder, *, trust_remote_code: bool = False) -> Backend:
+    """The backend, model and dtype the run's manifest records (every stage and shard uses it)."""
+    from si_toolkit.backends.base import make_backend
+
+    cfg = run.read_manifest()["config"]
+    return make_backend(cfg["backend"], cfg["model"], dtype=cfg["dtype"], trust_remote_code=trust_remote_code)
+
+
 # (stage name, units to do) -> a context manager yielding `advance(n)`; None = no progress display.
 ProgressFactory = Callable[[str, int], Any]
 
@@ -208,8 +216,6 @@ def run_rank(run: RunFolder, *, trust_remote_code: bool = False, shard: Shard = 
     """
     from contextlib import nullcontext
 
-    from si_toolkit.backends.base import make_backend
-
     backend = None
     try:
         for stage, work, table in (("sample", sample_stage, "samples.parquet"), ("score", score_stage, "scores.parquet")):
@@ -217,9 +223,7 @@ def run_rank(run: RunFolder, *, trust_remote_code: bool = False, shard: Shard = 
                 continue
             left = units_left(run, stage, shard)
             if left and backend is None:
-                cfg = run.read_manifest()["config"]
-                backend = make_backend(cfg["backend"], cfg["model"], dtype=cfg["dtype"],
-                                       trust_remote_code=trust_remote_code)
+                backend = run_backend(run, trust_remote_code=trust_remote_code)
             context = progress(stage, left) if progress else nullcontext(None)
             with context as advance:
                 complete = work(run, backend, shard, advance)  # type: ignore[arg-type]

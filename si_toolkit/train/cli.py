@@ -20,13 +20,13 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from si_toolkit.errors import USER_FAILURES as _USER_FAILURES
 from si_toolkit.errors import SIError
 
 __all__ = ["app", "train_command"]
 
 err = Console(stderr=True)
 out = Console()
-_USER_FAILURES = (SIError, OSError, KeyboardInterrupt)
 
 
 PrinciplesOpt = Annotated[Path | None, typer.Option("--principles", help="Principle-set YAML to train on.")]
