@@ -52,7 +52,7 @@ ProfileOpt = Annotated[str, typer.Option("--profile", help="quick (minutes on a 
 OutOpt = Annotated[Path | None, typer.Option("--out", help="Run folder (default reports/<set names>-<profile>).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the estimates as JSON on stdout.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", help="No progress bars.")]
-ShardOpt = Annotated[str | None, typer.Option("--shard", help="I/N: do only units u with u % N == I (multi-GPU).")]
+ShardOpt = Annotated[str | None, typer.Option("--shard", help="I/N: do only units u with u % N == I (sampling: unit groups; multi-GPU).")]
 
 
 def _fail(error: BaseException) -> None:

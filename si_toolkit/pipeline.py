@@ -95,13 +95,15 @@ def units_total(manifest: dict[str, Any]) -> int:
 
 
 def units_left(run: RunFolder, stage: str, shard: Shard) -> int:
-    from si_toolkit.sampling import plan_units
+    from si_toolkit.sampling import owned_units, plan_units
 
     manifest = run.read_manifest()
     left = 0
     for plan in plan_units(manifest):
         done = run.done_units(stage, plan.set_name)
-        left += sum(1 for u in range(len(plan.units)) if u not in done and shard.owns(u))
+        owned = owned_units(manifest, plan, shard) if stage == "sample" else [
+            u for u in range(len(plan.units)) if shard.owns(u)]
+        left += sum(1 for u in owned if u not in done)
     return left
 
 

@@ -70,3 +70,98 @@ def test_models_with_logit_softcapping_fall_back_to_full_forwards(tiny_backend, 
     monkeypatch.setattr(hf, "naive_score", lambda model, r: calls.append(len(r)) or real(model, r))
     tiny_backend.score(reqs)
     assert calls == [2]
+
+
+def test_prompt_results_do_not_depend_on_batch_mates(tiny_backend) -> None:
+    """Per-prompt seeds: a prompt sampled with others in one batch gets what it gets alone."""
+    prompts = [render_prompt_ids(tiny_backend.tokenizer, "Be brief.", "Q" * (k + 1)) for k in range(4)]
+    cfg = SamplingConfig(max_new_tokens=16, replicates=2)
+    seeds = [11, 22, 33, 44]
+    together = tiny_backend.generate(prompts, cfg, seeds)
+    for k in range(4):
+        alone = tiny_backend.generate([prompts[k]], cfg, [seeds[k]])
+        assert [g.token_ids for g in alone[0]] == [g.token_ids for g in together[k]]
+    assert together[0][0].token_ids != together[0][1].token_ids  # replicates draw different streams
+
+
+def test_decode_attention_equals_sdpa(tiny_backend) -> None:
+    """The CPU single-token attention gives the logits SDPA gives, padded rows included."""
+    import torch
+
+    from si_toolkit.backends.decode import cache_kwarg, decode_attention, output_cache
+
+    model = tiny_backend.model
+    ids = torch.randint(5, 200, (3, 9))
+    mask = torch.ones_like(ids)
+    mask[0, :4] = 0  # a left-padded row
+    positions = (mask.cumsum(1) - 1).clamp(min=0)
+    step = torch.randint(5, 200, (3, 1))
+
+    def next_logits() -> torch.Tensor:
+        with torch.no_grad():
+            out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+            return model(input_ids=step, attention_mask=torch.cat([mask, mask[:, :1] * 0 + 1], 1),
+                         position_ids=positions[:, -1:] + 1, use_cache=True,
+                         **{cache_kwarg(model): output_cache(out)}).logits
+
+    reference = next_logits()
+    with decode_attention(model, "cpu"):
+        assert model.config._attn_implementation != "sdpa"
+        fast = next_logits()
+    assert model.config._attn_implementation == "sdpa"  # restored
+    torch.testing.assert_close(fast, reference, atol=1e-5, rtol=1e-5)
+
+
+def _draws(logits, cfg: SamplingConfig, n: int = 4000) -> np.ndarray:
+    import torch
+
+    from si_toolkit.backends.decode import sample_tokens
+
+    generators = [torch.Generator().manual_seed(s) for s in range(n)]
+    return sample_tokens(logits.expand(n, -1).clone(), cfg, generators).numpy()
+
+
+def test_sampler_draws_from_the_softmax() -> None:
+    import torch
+    from scipy.stats import chisquare
+
+    logits = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0, -3.0]])
+    for temperature in (1.0, 0.7):
+        draws = _draws(logits, SamplingConfig(temperature=temperature))
+        probs = torch.softmax(logits[0].double() / temperature, -1).numpy()
+        expected = probs / probs.sum() * len(draws)
+        observed = np.bincount(draws, minlength=6)
+        assert chisquare(observed, expected).pvalue > 1e-3, (observed, expected)
+
+
+def test_sampler_truncation_matches_transformers() -> None:
+    """top-k and top-p keep exactly the tokens transformers' warpers keep, and draw only those."""
+    import torch
+    from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
+
+    logits = torch.randn(1, 50, generator=torch.Generator().manual_seed(0)) * 2
+    for cfg, warper in ((SamplingConfig(top_k=5), TopKLogitsWarper(5)), (SamplingConfig(top_p=0.6), TopPLogitsWarper(0.6))):
+        kept = set(torch.nonzero(torch.isfinite(warper(None, logits.clone()))[0]).flatten().tolist())
+        drawn = set(_draws(logits, cfg).tolist())
+        assert drawn <= kept and len(drawn) == len(kept), (cfg, drawn, kept)
+
+
+def test_shared_stems_group_rows_by_principle() -> None:
+    from si_toolkit.backends.decode import MIN_SHARED_STEM, shared_stems
+
+    template = list(range(1, 6))  # a few template tokens every prompt shares
+    rows = []
+    for principle in (100, 200):
+        for question in range(3):
+            rows.append(template + [principle] * 40 + [question + 7] * (question + 2))
+    rows.append([9] * 30)  # shares nothing
+    rows.append(template + [100] * 40 + [7, 7])  # a replicate of row 0: identical prompt
+    stems, row_stem = shared_stems(rows)
+    for b, row in enumerate(rows):
+        stem = stems[row_stem[b]]
+        assert row[: len(stem)] == stem and len(stem) < len(row)  # a true prefix, one token at least left
+    assert row_stem[0] == row_stem[1] == row_stem[2] == row_stem[7] != row_stem[3] == row_stem[4] == row_stem[5]
+    assert len(stems[row_stem[0]]) == len(template) + 40 and len(stems[row_stem[3]]) == len(template) + 40
+    assert len(stems[row_stem[6]]) <= len(template) + 40  # a lone row's stem is capped by the shared ones
+    assert shared_stems([[1, 2, 3], [4, 5, 6]]) == ([[], []], [0, 1])  # nothing shared: no stem pass
+    assert MIN_SHARED_STEM > 5

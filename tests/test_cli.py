@@ -74,9 +74,13 @@ def test_rank_refuses_changed_config(tiny_model_dir, sets, tmp_path) -> None:
     assert "sampling.seed" in result.output and "--force-new" in result.output
 
 
-def test_sharded_stages_equal_unsharded(tiny_model_dir, sets, tmp_path) -> None:
+@pytest.mark.parametrize("sequences_per_call", [64, 8], ids=["one-group-per-set", "one-unit-per-group"])
+def test_sharded_stages_equal_unsharded(tiny_model_dir, sets, tmp_path, monkeypatch, sequences_per_call) -> None:
     ref = tmp_path / "ref"
     assert _rank([*sets, *_base(tiny_model_dir, ref)]).exit_code == 0
+    # Smaller sampling batches: several groups per set, so the two shards split the sampling too.
+    # Per-prompt seeds make the samples independent of how units are grouped into calls.
+    monkeypatch.setattr("si_toolkit.sampling.SEQUENCES_PER_CALL", sequences_per_call)
     # The same config in a second folder, stages driven by two shards each.
     run = tmp_path / "sharded"
     manifest = json.loads((ref / "manifest.json").read_text())

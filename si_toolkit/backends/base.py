@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -9,9 +10,11 @@ import numpy as np
 
 from si_toolkit.errors import SIError
 
-__all__ = ["SamplingConfig", "Generation", "ScoreRequest", "Backend", "make_backend", "BACKENDS"]
+__all__ = ["SamplingConfig", "Generation", "ScoreRequest", "Backend", "make_backend", "BACKENDS", "request_seed",
+           "prompt_seeds"]
 
 BACKENDS = ("auto", "hf", "vllm")
+_SEED_MASK = 0x7FFFFFFF  # vLLM and torch both take a non-negative 32-bit seed
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,30 @@ class ScoreRequest:
     continuation_ids: tuple[int, ...]
 
 
+def request_seed(seed: int, prompt_index: int) -> int:
+    """The seed of prompt `prompt_index` in a `generate` call seeded with `seed`.
+
+    Derived by hashing, so neighbouring prompts (whose replicates get seed + r) do not share
+    streams the way `seed + prompt_index` would.
+    """
+    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(prompt_index)]).generate_state(1)
+    return int(state[0]) & _SEED_MASK
+
+
+def prompt_seeds(seed: int | Sequence[int], n_prompts: int) -> list[int]:
+    """One seed per prompt: derived from a call seed, or given per prompt.
+
+    Per-prompt seeds let a caller put prompts of several work units into one batch and still
+    draw, for each prompt, exactly what a call with that unit alone would draw.
+    """
+    if isinstance(seed, int):
+        return [request_seed(seed, p) for p in range(n_prompts)]
+    seeds = [int(s) & _SEED_MASK for s in seed]
+    if len(seeds) != n_prompts:
+        raise ValueError(f"{len(seeds)} seeds for {n_prompts} prompts")
+    return seeds
+
+
 @runtime_checkable
 class Backend(Protocol):
     """What the sampling and scoring stages need from a model."""
@@ -76,10 +103,11 @@ class Backend(Protocol):
     tokenizer: Any  # the model's tokenizer: chat.py renders prompts with it
 
     def generate(
-        self, prompt_ids: list[list[int]], config: SamplingConfig, seed: int
+        self, prompt_ids: list[list[int]], config: SamplingConfig, seed: int | Sequence[int]
     ) -> list[list[Generation]]:
-        """For each prompt, `config.replicates` sampled continuations; deterministic given `seed`
-        and the same list of prompts."""
+        """For each prompt, `config.replicates` sampled continuations. `seed` is one call seed or
+        one seed per prompt (see `prompt_seeds`); replicate r of a prompt with seed s draws from
+        stream s + r, so what a prompt gets does not depend on the other prompts in the call."""
         ...
 
     def score(self, requests: list[ScoreRequest]) -> list[np.ndarray]:

