@@ -57,7 +57,7 @@ def test_two_gloo_processes_match_one_process(tiny_model_dir, write_set, tmp_pat
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        single = train(TrainConfig(model=str(tiny_model_dir), **SETTINGS), load_principle_set(principles), tmp_path / "one")
+        single = train(TrainConfig(model=str(tiny_model_dir), device="cpu", **SETTINGS), load_principle_set(principles), tmp_path / "one")
     finally:
         torch.set_num_threads(before)
 

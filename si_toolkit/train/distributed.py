@@ -73,12 +73,20 @@ def barrier(ctx: DistContext) -> None:
         dist.barrier()
 
 
+def _comm_device(x: Tensor) -> torch.device:
+    """Where a collective can read `x`: NCCL takes only CUDA tensors, gloo takes CPU ones."""
+    if dist.get_backend() == "nccl" and x.device.type != "cuda":
+        return torch.device("cuda", torch.cuda.current_device())
+    return x.device
+
+
 def all_reduce_sum(x: Tensor, ctx: DistContext) -> Tensor:
-    """Sum of `x` over processes (a new tensor; `x` itself is unchanged)."""
+    """Sum of `x` over processes (a new tensor on x's device; `x` itself is unchanged)."""
     out = x.detach().clone()
     if ctx.enabled:
+        out = out.to(_comm_device(out))
         dist.all_reduce(out, op=dist.ReduceOp.SUM)
-    return out
+    return out.to(x.device)
 
 
 def all_gather_rows(x: Tensor, ctx: DistContext) -> Tensor:
@@ -86,15 +94,17 @@ def all_gather_rows(x: Tensor, ctx: DistContext) -> Tensor:
     x = x.detach().contiguous()
     if not ctx.enabled:
         return x
-    counts = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(ctx.world_size)]
-    dist.all_gather(counts, torch.tensor([x.shape[0]], dtype=torch.long, device=x.device))
+    home, device = x.device, _comm_device(x)
+    x = x.to(device)
+    counts = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(ctx.world_size)]
+    dist.all_gather(counts, torch.tensor([x.shape[0]], dtype=torch.long, device=device))
     sizes = [int(c.item()) for c in counts]
     width = max(sizes)
-    padded = torch.zeros((width, *x.shape[1:]), dtype=x.dtype, device=x.device)
+    padded = torch.zeros((width, *x.shape[1:]), dtype=x.dtype, device=device)
     padded[: x.shape[0]] = x
     parts = [torch.empty_like(padded) for _ in range(ctx.world_size)]
     dist.all_gather(parts, padded)
-    return torch.cat([part[:n] for part, n in zip(parts, sizes)])
+    return torch.cat([part[:n] for part, n in zip(parts, sizes)]).to(home)
 
 
 def gather_cloud(local: Tensor, ctx: DistContext) -> Tensor:
@@ -107,7 +117,8 @@ def gather_cloud(local: Tensor, ctx: DistContext) -> Tensor:
     if not ctx.enabled:
         return local
     everything = all_gather_rows(local, ctx)
-    counts = [torch.zeros(1, dtype=torch.long, device=local.device) for _ in range(ctx.world_size)]
-    dist.all_gather(counts, torch.tensor([local.shape[0]], dtype=torch.long, device=local.device))
+    device = _comm_device(local)
+    counts = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(ctx.world_size)]
+    dist.all_gather(counts, torch.tensor([local.shape[0]], dtype=torch.long, device=device))
     start = sum(int(c.item()) for c in counts[: ctx.rank])
     return torch.cat([everything[:start], local, everything[start + local.shape[0]:]])
