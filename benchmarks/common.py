@@ -63,15 +63,27 @@ def median_time(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
     return statistics.median(times), result
 
 
-def matmul_flops(dtype: str = "bfloat16", size: int = 2048, repeats: int = 5) -> float:
-    """This machine's dense matmul throughput (FLOP/s) with torch, the ceiling for useful FLOP/s."""
+def matmul_flops(dtype: str = "bfloat16", size: int | None = None, repeats: int = 5, device: str = "cpu") -> float:
+    """This machine's dense matmul throughput (FLOP/s) with torch, the ceiling for useful FLOP/s.
+
+    2048^2 saturates a CPU; a GPU needs 8192^2 to reach its peak."""
     import torch
 
+    size = size or (8192 if device.startswith("cuda") else 2048)
     dt = getattr(torch, dtype)
-    a, b = torch.randn(size, size, dtype=dt), torch.randn(size, size, dtype=dt)
+    a, b = torch.randn(size, size, dtype=dt, device=device), torch.randn(size, size, dtype=dt, device=device)
     a @ b  # warm-up
-    seconds, _ = median_time(lambda: a @ b, repeats)
+    seconds, _ = median_time(lambda: synchronized(a @ b), repeats)
     return 2 * size**3 / seconds
+
+
+def synchronized(result: Any) -> Any:
+    """Wait for queued GPU work, so a timer around it measures the work (a no-op on CPU)."""
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+    return result
 
 
 def machine() -> str:
@@ -79,7 +91,10 @@ def machine() -> str:
 
     import torch
 
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    text = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    if torch.cuda.is_available():
+        text += f", {torch.cuda.get_device_name(0)}"
+    return text
 
 
 def record(name: str, result: dict[str, Any]) -> None:
