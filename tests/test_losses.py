@@ -7,11 +7,11 @@ import warnings
 from types import SimpleNamespace
 from typing import Any
 
-import ot  # type: ignore[import-untyped]
 import pytest
 import torch
 
 from si_toolkit.errors import SIError
+from si_toolkit.train import losses
 from si_toolkit.train.losses import (
     LOSS_AGGREGATIONS,
     SAMI_CRITICS,
@@ -22,6 +22,15 @@ from si_toolkit.train.losses import (
     sami_loss,
     sinkhorn_penalty,
 )
+
+
+def test_pot_does_not_build_backends_this_module_never_uses() -> None:
+    """Hosts with JAX installed: POT would build a JAX backend (and JAX warn about float64)."""
+    import os
+
+    assert os.environ["POT_BACKEND_DISABLE_JAX"] and os.environ["POT_BACKEND_DISABLE_CUPY"]
+    names = {type(b).__name__ for b in losses.ot.backend.get_backend_list()}
+    assert "TorchBackend" in names and not names & {"JaxBackend", "CupyBackend", "TensorflowBackend"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -432,7 +441,7 @@ def test_sinkhorn_raises_on_an_underflowed_plan(monkeypatch: pytest.MonkeyPatch)
         log = {"res_ab": zero, "res_aa": zero, "res_bb": zero}
         return SimpleNamespace(value=torch.zeros(()), log=log)
 
-    monkeypatch.setattr(ot, "solve_sample", underflowed)
+    monkeypatch.setattr(losses.ot, "solve_sample", underflowed)
     with pytest.raises(SIError, match="underflowed"):
         sinkhorn_penalty(_cloud(4, 2, 12) + 5.0, _cloud(4, 2, 13), epsilon=1e-4)
 

@@ -24,12 +24,20 @@ function, one registry entry and one test parameter. Units are nats throughout.
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Literal, TypeVar, cast
 
-import ot  # type: ignore[import-untyped]  # POT ships no type information
+# POT builds every array backend it can import (JAX, CuPy, TensorFlow) on first use, to learn
+# which one an input belongs to. This module gives it torch tensors only; on hosts that have JAX
+# installed, building JAX's backend asks for float64 and JAX warns at every run. An explicit
+# setting by the user still wins.
+for _backend in ("JAX", "CUPY", "TENSORFLOW"):
+    os.environ.setdefault(f"POT_BACKEND_DISABLE_{_backend}", "1")
+
+import ot  # type: ignore[import-untyped]  # noqa: E402  # POT ships no type information
 import torch
 from torch import Tensor
 
