@@ -28,6 +28,14 @@ def test_optimised_scorer_matches_naive_fp32(tiny_backend) -> None:
         np.testing.assert_allclose(a, b, atol=1e-4)
 
 
+def test_scorer_in_many_packs_and_chunks_matches_naive(tiny_backend, monkeypatch) -> None:
+    """A small token budget: prefix groups split across packs, continuations across chunks."""
+    reqs = _requests(tiny_backend, n_prompts=3)
+    monkeypatch.setattr(tiny_backend, "tokens_per_batch", 96)
+    for a, b in zip(tiny_backend.score(reqs), naive_score(tiny_backend.model, reqs)):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+
+
 def test_scorer_handles_single_token_and_mixed_lengths(tiny_backend) -> None:
     prefix = tuple(render_prompt_ids(tiny_backend.tokenizer, "x", "y"))
     reqs = [ScoreRequest(prefix, (5,)), ScoreRequest(prefix, (5, 6, 7, 8, 9, 10)), ScoreRequest(prefix, (11, 12))]
@@ -84,28 +92,31 @@ def test_prompt_results_do_not_depend_on_batch_mates(tiny_backend) -> None:
     assert together[0][0].token_ids != together[0][1].token_ids  # replicates draw different streams
 
 
-def test_decode_attention_equals_sdpa(tiny_backend) -> None:
-    """The CPU single-token attention gives the logits SDPA gives, padded rows included."""
+@pytest.mark.parametrize("steps", [1, 5], ids=["decode-step", "several-tokens-go-to-sdpa"])
+def test_grouped_attention_equals_sdpa(tiny_backend, steps) -> None:
+    """Under the CPU attention, logits equal SDPA's after a left-padded prefix (GQA model)."""
     import torch
 
-    from si_toolkit.backends.decode import cache_kwarg, decode_attention, output_cache
+    from si_toolkit.backends.cpu_attention import grouped_attention
+    from si_toolkit.backends.decode import cache_kwarg, output_cache
 
     model = tiny_backend.model
+    assert model.config.num_attention_heads != model.config.num_key_value_heads  # grouped heads
     ids = torch.randint(5, 200, (3, 9))
     mask = torch.ones_like(ids)
     mask[0, :4] = 0  # a left-padded row
     positions = (mask.cumsum(1) - 1).clamp(min=0)
-    step = torch.randint(5, 200, (3, 1))
+    step = torch.randint(5, 200, (3, steps))
 
     def next_logits() -> torch.Tensor:
         with torch.no_grad():
             out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-            return model(input_ids=step, attention_mask=torch.cat([mask, mask[:, :1] * 0 + 1], 1),
-                         position_ids=positions[:, -1:] + 1, use_cache=True,
+            return model(input_ids=step, attention_mask=torch.cat([mask, torch.ones_like(step)], 1),
+                         position_ids=positions[:, -1:] + 1 + torch.arange(steps), use_cache=True,
                          **{cache_kwarg(model): output_cache(out)}).logits
 
     reference = next_logits()
-    with decode_attention(model, "cpu"):
+    with grouped_attention(model, "cpu"):
         assert model.config._attn_implementation != "sdpa"
         fast = next_logits()
     assert model.config._attn_implementation == "sdpa"  # restored

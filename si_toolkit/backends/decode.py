@@ -10,29 +10,25 @@ on a CPU costs as much as a small model's forward.
 Sampling draws from softmax(logits / T) by inverting its CDF with one uniform number per row,
 after top-k and top-p have set the removed tokens to -inf.
 
-On CPU, single-token decode steps use `_decode_attention` (only inside the loop), a grouped-query attention written as
-two batched matmuls: the fused SDPA kernel is tuned for long queries and is ~3x slower for a
-query of length 1 (measured in benchmarks/README.md). Prefill still goes through SDPA.
+On CPU the loop runs with `cpu_attention.grouped_attention` in place of SDPA (see there).
 """
 
 from __future__ import annotations
 
-import contextlib
 import inspect
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
 from si_toolkit.backends.base import Generation, SamplingConfig
+from si_toolkit.backends.cpu_attention import grouped_attention
 
-__all__ = ["sample_batch", "sample_tokens", "decode_attention", "cache_kwarg", "output_cache"]
-
-DECODE_ATTENTION = "si_decode_sdpa"  # name registered with transformers' attention interface
-
+__all__ = ["sample_batch", "sample_tokens", "cache_kwarg", "output_cache"]
 
 def sample_tokens(logits: torch.Tensor, config: SamplingConfig, generators: Sequence[torch.Generator]) -> torch.Tensor:
-    """One token per row of (B, V) fp32 logits; row b draws its uniform number from generators[b].
+    """One token per row of (B, V) fp32 logits; row b draws its uniform number from generators[b]
+    (CPU generators).
 
     Inverse-CDF sampling: one uniform per row and step, where Gumbel-max needs V of them (and two
     logarithms over the whole (B, V) block, which on a CPU cost as much as the lm-head).
@@ -46,7 +42,9 @@ def sample_tokens(logits: torch.Tensor, config: SamplingConfig, generators: Sequ
         logits = _top_p_filter(logits, config.top_p)
     cdf = logits.softmax(-1).cumsum_(-1)  # non-decreasing even in floating point
     total = cdf[:, -1]
-    uniform = torch.cat([torch.rand(1, generator=g, device=logits.device) for g in generators])
+    # The generators live on the CPU: one number per row costs a microsecond there (a kernel
+    # launch per row on a GPU), and a seed then draws the same numbers on every device.
+    uniform = torch.cat([torch.rand(1, generator=g) for g in generators]).to(logits.device)
     # u < 1, but u * total can round up to total; cap it just below, which still selects the
     # last token with non-zero probability and never a removed (zero-probability) one.
     target = torch.minimum(uniform * total, torch.nextafter(total, torch.zeros_like(total)))
@@ -68,8 +66,8 @@ def _top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
 def sample_batch(model: Any, prompts: list[list[int]], row_seeds: list[int], config: SamplingConfig, *,
                  pad_id: int, eos: set[int], device: str) -> list[Generation]:
     """Sample one continuation per prompt; row b uses seed row_seeds[b]."""
-    generators = [torch.Generator(device=device).manual_seed(int(s)) for s in row_seeds]
-    with decode_attention(model, device):
+    generators = [torch.Generator().manual_seed(int(s)) for s in row_seeds]
+    with grouped_attention(model, device):
         out, cache, mask, next_position = _prefill(model, prompts, config.max_new_tokens, pad_id, device)
         return _decode_loop(model, out, cache, mask, next_position, generators, config, pad_id=pad_id, eos=eos)
 
@@ -234,53 +232,3 @@ def cache_kwarg(module: Any) -> str:
 def output_cache(output: Any) -> Any:
     cache = getattr(output, "cache", None)
     return cache if cache is not None else output.past_key_values
-
-
-# ---------------------------------------------------------------------- decode attention
-def _decode_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                      attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
-                      **kwargs: Any) -> tuple[torch.Tensor, None]:
-    """SDPA, except for a one-token query on CPU: two batched matmuls over grouped KV heads."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-    batch, heads, q_len, dim = query.shape
-    kv_heads, kv_len = key.shape[1], key.shape[2]
-    plain = (q_len == 1 and query.device.type == "cpu" and heads % kv_heads == 0 and not dropout
-             and kwargs.get("softcap") is None and kwargs.get("s_aux") is None
-             and (attention_mask is None or attention_mask.dtype == torch.bool))
-    if not plain:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
-                                      scaling=scaling, **kwargs)
-    group = heads // kv_heads  # query heads that share one key/value head
-    scale = dim**-0.5 if scaling is None else scaling
-    q = query.reshape(batch * kv_heads, group, dim)
-    scores = torch.bmm(q, key.reshape(batch * kv_heads, kv_len, dim).transpose(1, 2)).view(batch, kv_heads, group, kv_len)
-    if attention_mask is not None:  # (B, 1, 1, kv_len) booleans, True = may attend
-        scores = scores.masked_fill(~attention_mask[:, :, -1:, :], float("-inf"))
-    probs = (scores.float() * scale).softmax(-1).to(value.dtype)
-    out = torch.bmm(probs.view(batch * kv_heads, group, kv_len), value.reshape(batch * kv_heads, kv_len, dim))
-    return out.view(batch, 1, heads, dim), None  # (B, q_len, heads, dim), as the attention interface returns
-
-
-@contextlib.contextmanager
-def decode_attention(model: Any, device: str) -> Iterator[None]:
-    """On CPU, run an SDPA model with `_decode_attention` inside the block (prefill results are
-    unchanged), then restore it, so saved configs never name this module's function."""
-    config = getattr(model, "config", None)
-    if device != "cpu" or getattr(config, "_attn_implementation", None) != "sdpa":
-        yield
-        return
-    try:
-        from transformers import AttentionInterface
-        from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
-        AttentionInterface.register(DECODE_ATTENTION, _decode_attention)
-        AttentionMaskInterface.register(DECODE_ATTENTION, sdpa_mask)
-        model.set_attn_implementation(DECODE_ATTENTION)
-    except (ImportError, ValueError, AttributeError, TypeError):  # an older or unusual model: keep SDPA
-        yield
-        return
-    try:
-        yield
-    finally:
-        model.set_attn_implementation("sdpa")

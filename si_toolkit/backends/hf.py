@@ -24,8 +24,10 @@ from si_toolkit.models import ResolvedModel, load_causal_lm, load_tokenizer, res
 __all__ = ["HFBackend", "naive_score"]
 
 _HEAD_CHUNK = 512  # positions per lm-head chunk: 512 x 49152 vocab x 4 B = 100 MB of logits
-_TOKENS_PER_BATCH = 8192  # padded tokens per scoring forward (bounds activation memory)
-_PREFIXES_PER_PACK = 4 * _TOKENS_PER_BATCH  # padded (prefix + continuation) tokens of a pack's requests
+# Padded tokens per scoring forward: bounds activation memory. 8192 keeps a CPU's matmuls at
+# full speed; a GPU needs far larger batches to be busy (4 % of an H100's bf16 peak at 8192).
+_TOKENS_PER_BATCH = {"cpu": 8192, "cuda": 65536}
+_PACK_FACTOR = 4  # a pack holds this many forwards' worth of (prefix + continuation) tokens
 
 
 class HFBackend:
@@ -50,6 +52,7 @@ class HFBackend:
         self.model_name = self.resolved.name
         self.max_context = int(getattr(self.model.config, "max_position_embeddings", 2048) or 2048)
         self.generation_batch_size = generation_batch_size
+        self.tokens_per_batch = _TOKENS_PER_BATCH.get(torch.device(self.device).type, _TOKENS_PER_BATCH["cpu"])
         self._pad_id = self._pick_pad_id()
 
     def _pick_pad_id(self) -> int:
@@ -104,7 +107,7 @@ class HFBackend:
             by_prefix[req.prefix_ids].append(n)
         groups = sorted(by_prefix.items(), key=lambda item: len(item[0]))  # similar prefix lengths together
         results: list[np.ndarray] = [np.empty(0)] * len(requests)
-        for pack in _pack_groups(groups, requests, _PREFIXES_PER_PACK):
+        for pack in _pack_groups(groups, requests, _PACK_FACTOR * self.tokens_per_batch):
             prefixes = [prefix for prefix, _ in pack]
             members = [n for _, ns in pack for n in ns]
             owners = [g for g, (_, ns) in enumerate(pack) for _ in ns]
@@ -128,7 +131,7 @@ class HFBackend:
             input_ids=prefix_ids.to(dev), attention_mask=prefix_mask,
             position_ids=(prefix_mask.cumsum(1) - 1).clamp(min=0), use_cache=True)
         results: list[np.ndarray] = [np.empty(0)] * len(conts)
-        for chunk in _length_chunks(conts, prefix_ids.shape[1], _TOKENS_PER_BATCH):
+        for chunk in _length_chunks(conts, prefix_ids.shape[1], self.tokens_per_batch):
             values = self._score_chunk(prefix, prefix_mask, [owners[b] for b in chunk], [conts[b] for b in chunk])
             for b, v in zip(chunk, values):
                 results[b] = v
