@@ -42,7 +42,7 @@ def main() -> None:
 
     naive_reqs = requests[: args.naive_prompts * k * k]
     naive_tokens = sum(len(r.continuation_ids) for r in naive_reqs)
-    t_naive, slow = common.median_time(lambda: naive_score(backend.model, naive_reqs), 1)
+    t_naive, slow = common.median_time(lambda: naive_score(backend.model, naive_reqs), args.repeats)
     max_diff = max(float(np.abs(a - b).max()) for a, b in zip(fast, slow))
 
     params = sum(p.numel() for p in backend.model.parameters())

@@ -10,7 +10,11 @@ on a CPU costs as much as a small model's forward.
 Sampling draws from softmax(logits / T) by inverting its CDF with one uniform number per row,
 after top-k and top-p have set the removed tokens to -inf.
 
-On CPU the loop runs with `cpu_attention.grouped_attention` in place of SDPA (see there).
+What makes it fast on a CPU (each measured in benchmarks/README.md):
+* the KV cache is allocated once (transformers' StaticCache) instead of growing by
+  concatenation, which copied the whole cache at every step;
+* prompts that share a long stem (the system turn of one principle) compute it once (`_prefill`);
+* one-token steps use `cpu_attention.grouped_attention` in place of SDPA's flash kernel.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ import torch
 from si_toolkit.backends.base import Generation, SamplingConfig
 from si_toolkit.backends.cpu_attention import grouped_attention
 
-__all__ = ["sample_batch", "sample_tokens", "cache_kwarg", "output_cache"]
+__all__ = ["sample_batch", "sample_tokens", "shared_stems", "cache_kwarg", "output_cache"]
+
 
 def sample_tokens(logits: torch.Tensor, config: SamplingConfig, generators: Sequence[torch.Generator]) -> torch.Tensor:
     """One token per row of (B, V) fp32 logits; row b draws its uniform number from generators[b]
