@@ -28,7 +28,7 @@ import torch
 from si_toolkit.backends.base import Generation, SamplingConfig
 from si_toolkit.backends.cpu_attention import grouped_attention
 
-__all__ = ["sample_batch", "sample_tokens", "shared_stems", "cache_kwarg", "output_cache"]
+__all__ = ["sample_batch", "sample_tokens", "shared_stems", "left_pad", "cache_kwarg", "output_cache"]
 
 
 def sample_tokens(logits: torch.Tensor, config: SamplingConfig, generators: Sequence[torch.Generator]) -> torch.Tensor:
@@ -121,18 +121,18 @@ def _prefill(model: Any, prompts: list[list[int]], max_new_tokens: int, pad_id: 
     stem_width, suffix_width = max(len(st) for st in stems), max(len(x) for x in suffixes)
     cache = _preallocated_cache(model, stem_width + suffix_width + max_new_tokens)
     if stem_width == 0 or cache is None or not _plain_static_layers(cache):
-        ids, mask = _left_pad(prompts, pad_id, device)
+        ids, mask = left_pad(prompts, pad_id, device)
         positions = (mask.cumsum(1) - 1).clamp(min=0)
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1,
                     **({cache_arg: cache} if cache is not None else {}))
         return out, output_cache(out), mask, positions[:, -1:] + 1
-    stem_ids, stem_mask = _left_pad(stems, pad_id, device)
+    stem_ids, stem_mask = left_pad(stems, pad_id, device)
     model(input_ids=stem_ids, attention_mask=stem_mask, position_ids=(stem_mask.cumsum(1) - 1).clamp(min=0),
           use_cache=True, logits_to_keep=1, **{cache_arg: cache})
     index = torch.tensor(row_stem, device=device)
     for layer in cache.layers:  # one cache row per prompt, holding its stem's keys and values
         layer.keys, layer.values = layer.keys.index_select(0, index), layer.values.index_select(0, index)
-    suffix_ids, suffix_mask = _left_pad(suffixes, pad_id, device)
+    suffix_ids, suffix_mask = left_pad(suffixes, pad_id, device)
     mask = torch.cat([stem_mask.index_select(0, index), suffix_mask], 1)  # [stem | suffix], padding inside
     positions = stem_mask.sum(1).index_select(0, index)[:, None] + (suffix_mask.cumsum(1) - 1).clamp(min=0)
     out = model(input_ids=suffix_ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1,
@@ -184,7 +184,7 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
-def _left_pad(rows: list[list[int]], pad_id: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(ids, mask) with every row ending at the last column; empty rows are all padding."""
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)

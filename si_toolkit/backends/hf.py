@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from si_toolkit.backends.base import Generation, SamplingConfig, ScoreRequest, prompt_seeds
-from si_toolkit.backends.decode import cache_kwarg, output_cache, sample_batch
+from si_toolkit.backends.decode import cache_kwarg, left_pad, output_cache, sample_batch
 from si_toolkit.models import ResolvedModel, load_causal_lm, load_tokenizer, resolve_model
 
 __all__ = ["HFBackend", "naive_score"]
@@ -125,10 +125,9 @@ class HFBackend:
         first), so a chunk pads its rows only to its own longest one.
         """
         dev = self.device
-        prefix_ids, prefix_mask = _left_pad_tensor(prefixes, self._pad_id)
-        prefix_mask = prefix_mask.to(dev)
+        prefix_ids, prefix_mask = left_pad(prefixes, self._pad_id, dev)
         prefix = self.model.get_decoder()(
-            input_ids=prefix_ids.to(dev), attention_mask=prefix_mask,
+            input_ids=prefix_ids, attention_mask=prefix_mask,
             position_ids=(prefix_mask.cumsum(1) - 1).clamp(min=0), use_cache=True)
         results: list[np.ndarray] = [np.empty(0)] * len(conts)
         for chunk in _length_chunks(conts, prefix_ids.shape[1], self.tokens_per_batch):
@@ -212,17 +211,6 @@ def _length_chunks(conts: list[tuple[int, ...]], prefix_width: int, budget: int)
         else:
             chunks.append([b])
     return chunks
-
-
-def _left_pad_tensor(rows: list[tuple[int, ...]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ids, mask) of left-padded rows: every row ends at the last column."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for m, r in enumerate(rows):
-        ids[m, width - len(r):] = torch.tensor(r)
-        mask[m, width - len(r):] = 1
-    return ids, mask
 
 
 def _row_width(prefix: tuple[int, ...], members: list[int], requests: list[ScoreRequest]) -> int:
