@@ -27,8 +27,8 @@ from si_toolkit.chat import parse_response, render_prompt_ids
 from si_toolkit.errors import SIError
 from si_toolkit.runs import RunFolder, Shard, unit_seed
 
-__all__ = ["UNIT_PROMPTS", "StagePlan", "plan_units", "units_per_call", "unit_groups", "owned_units", "run_sampling", "merge_stage",
-           "render_unit_prompts"]
+__all__ = ["UNIT_PROMPTS", "StagePlan", "plan_units", "units_per_call", "unit_groups", "owned_units", "run_sampling",
+           "merge_stage", "render_unit_prompts"]
 
 UNIT_PROMPTS = 4  # prompts per work unit: small enough that a kill loses little work
 SEQUENCES_PER_CALL = 64  # sequences per backend call, roughly: units are grouped up to this
@@ -93,8 +93,8 @@ def run_sampling(run: RunFolder, backend: Backend, *, shard: Shard = Shard(), pr
     prefill = bool(manifest["config"].get("prefill", True))
     for plan in plan_units(manifest):
         meta = manifest["sets"][plan.set_name]
+        done = run.done_units("sample", plan.set_name)  # groups are disjoint: one listing per set
         for group, units in enumerate(unit_groups(manifest, plan)):
-            done = run.done_units("sample", plan.set_name)
             if not shard.owns(group) or all(u in done for u in units):
                 continue
             frames = _sample_units(backend, plan.set_name, meta, {u: plan.units[u] for u in units}, config, prefill)
