@@ -94,6 +94,11 @@ def all_gather_rows(x: Tensor, ctx: DistContext) -> Tensor:
     x = x.detach().contiguous()
     if not ctx.enabled:
         return x
+    return _gather_rows_and_counts(x, ctx)[0]
+
+
+def _gather_rows_and_counts(x: Tensor, ctx: DistContext) -> tuple[Tensor, list[int]]:
+    """(every rank's rows in rank order, each rank's row count); two collectives."""
     home, device = x.device, _comm_device(x)
     x = x.to(device)
     counts = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(ctx.world_size)]
@@ -104,7 +109,7 @@ def all_gather_rows(x: Tensor, ctx: DistContext) -> Tensor:
     padded[: x.shape[0]] = x
     parts = [torch.empty_like(padded) for _ in range(ctx.world_size)]
     dist.all_gather(parts, padded)
-    return torch.cat([part[:n] for part, n in zip(parts, sizes)]).to(home)
+    return torch.cat([part[:n] for part, n in zip(parts, sizes)]).to(home), sizes
 
 
 def gather_cloud(local: Tensor, ctx: DistContext) -> Tensor:
@@ -116,9 +121,6 @@ def gather_cloud(local: Tensor, ctx: DistContext) -> Tensor:
     """
     if not ctx.enabled:
         return local
-    everything = all_gather_rows(local, ctx)
-    device = _comm_device(local)
-    counts = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(ctx.world_size)]
-    dist.all_gather(counts, torch.tensor([local.shape[0]], dtype=torch.long, device=device))
-    start = sum(int(c.item()) for c in counts[: ctx.rank])
+    everything, sizes = _gather_rows_and_counts(local.detach().contiguous(), ctx)
+    start = sum(sizes[: ctx.rank])
     return torch.cat([everything[:start], local, everything[start + local.shape[0]:]])
