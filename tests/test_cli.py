@@ -80,7 +80,7 @@ def test_sharded_stages_equal_unsharded(tiny_model_dir, sets, tmp_path, monkeypa
     assert _rank([*sets, *_base(tiny_model_dir, ref)]).exit_code == 0
     # Smaller sampling batches: several groups per set, so the two shards split the sampling too.
     # Per-prompt seeds make the samples independent of how units are grouped into calls.
-    monkeypatch.setattr("si_toolkit.sampling.SEQUENCES_PER_CALL", sequences_per_call)
+    monkeypatch.setattr("si_toolkit.rank.sampling.SEQUENCES_PER_CALL", sequences_per_call)
     # The same config in a second folder, stages driven by two shards each.
     run = tmp_path / "sharded"
     manifest = json.loads((ref / "manifest.json").read_text())

@@ -44,7 +44,7 @@ def test_two_gloo_processes_match_one_process(tiny_model_dir, write_set, tmp_pat
     principles = write_set("pair", PAIR)
     out2 = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "si_toolkit.train.cli", "--principles", str(principles), "--model", str(tiny_model_dir),
+           "-m", "si_toolkit.cli.train", "--principles", str(principles), "--model", str(tiny_model_dir),
            "--out", str(out2), "--quiet", "--json", "--set", "device=cpu"]
     for key, value in SETTINGS.items():
         cmd += ["--set", f"{key}={value}"]

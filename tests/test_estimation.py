@@ -1,4 +1,4 @@
-"""Tests of si_toolkit.estimation: the estimate stage and the estimates.json structure."""
+"""Tests of si_toolkit.rank.estimation: the estimate stage and the estimates.json structure."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 
 from si_toolkit import estimators as est
 from si_toolkit.errors import SIError
-from si_toolkit.estimation import estimate_run
+from si_toolkit.rank.estimation import estimate_run
 
 N_BOOT = 400  # enough resamples for the assertions below, fast enough for the suite
 

@@ -11,8 +11,8 @@ import typer
 from typer.testing import CliRunner
 
 from si_toolkit.errors import SIError
-from si_toolkit.eval_cli import eval_command
-from si_toolkit.evaluate import (
+from si_toolkit.cli.confirm import eval_command
+from si_toolkit.confirm.evaluate import (
     HELDOUT_FRACTION,
     EvalConfig,
     HarnessConfig,

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-import si_toolkit.runs as runs
+import si_toolkit.rank.runs as runs
 from si_toolkit.backends.hf import HFBackend
 from si_toolkit.cli import app
 

@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from si_toolkit.eval_cli import geometry_command
-from si_toolkit.geometry import (
+from si_toolkit.cli.confirm import geometry_command
+from si_toolkit.confirm.geometry import (
     GeometryConfig,
     alternative_direction,
     analyze_geometry,

@@ -577,8 +577,8 @@ def test_unreadable_scores_file_is_an_sierror(run_dir: Path) -> None:
 
 
 def test_report_reads_what_the_estimate_stage_writes(run_dir: Path) -> None:
-    # The stage contract: estimates.json as si_toolkit.estimation writes it, from the same scores.
-    from si_toolkit.estimation import estimate_run
+    # The stage contract: estimates.json as si_toolkit.rank.estimation writes it, from the same scores.
+    from si_toolkit.rank.estimation import estimate_run
     from si_toolkit.safeio import atomic_write_json
 
     manifest = json.loads((run_dir / "manifest.json").read_text())

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from si_toolkit.errors import SIError
-from si_toolkit.runs import RunFolder, config_diff, open_run, parse_shard, unit_seed
+from si_toolkit.rank.runs import RunFolder, config_diff, open_run, parse_shard, unit_seed
 
 
 def _manifest(n: int = 4) -> dict:

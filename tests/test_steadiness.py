@@ -12,8 +12,8 @@ import typer
 from typer.testing import CliRunner
 
 from si_toolkit.errors import SIError
-from si_toolkit.eval_cli import steadiness_command
-from si_toolkit.steadiness import (
+from si_toolkit.cli.confirm import steadiness_command
+from si_toolkit.confirm.steadiness import (
     collapse_step,
     curve,
     default_warmup_steps,

@@ -22,7 +22,7 @@ from si_toolkit.principles import load_principle_set
 from si_toolkit.prompts import load_prompts
 from si_toolkit.train import trainer as trainer_module
 from si_toolkit.train.checkpoint import load_trainer_state
-from si_toolkit.train.cli import app
+from si_toolkit.cli.train import app
 from si_toolkit.train.config import TrainConfig
 from si_toolkit.train.forward import forward_pairs, span_mask, span_sums
 from si_toolkit.train.metrics import TIMING_KEYS

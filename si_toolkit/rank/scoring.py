@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 
 from si_toolkit.backends.base import Backend, ScoreRequest
-from si_toolkit.runs import RunFolder, Shard
-from si_toolkit.sampling import Progress, merge_stage, plan_units, render_unit_prompts
+from si_toolkit.rank.runs import RunFolder, Shard
+from si_toolkit.rank.sampling import Progress, merge_stage, plan_units, render_unit_prompts
 
 __all__ = ["run_scoring", "span_sums", "SPANS", "SCORE_COLUMNS"]
 

@@ -1,7 +1,7 @@
 """Geometry of a trained model: where training moved the hidden states, layer by layer.
 
 Inputs are the rendered (variant, prompt) prompts of a principle set on held-out prompts
-(`si_toolkit.evaluate.heldout_split`), fed to the BASE and the TRAINED model. For each layer l
+(`si_toolkit.confirm.evaluate.heldout_split`), fed to the BASE and the TRAINED model. For each layer l
 (0 = the embeddings, L = the last block, after the final norm as transformers reports it) each
 input gives one vector: the mean hidden state over its **prompt tokens**:
 
@@ -257,7 +257,7 @@ def _model_clouds(ref: str, ids: list[list[int]], starts: list[int], config: Geo
 def analyze_geometry(base_ref: str, trained_ref: str, principles: Path | str, config: GeometryConfig = GeometryConfig(),
                      *, trust_remote_code: bool = False) -> dict[str, Any]:
     """Per-layer geometry of TRAINED relative to BASE on a principle set's held-out inputs."""
-    from si_toolkit.evaluate import heldout_split
+    from si_toolkit.confirm.evaluate import heldout_split
     from si_toolkit.models import load_tokenizer, resolve_model
     from si_toolkit.principles import load_principle_set
     from si_toolkit.prompts import load_prompts

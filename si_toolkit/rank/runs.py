@@ -177,7 +177,7 @@ def open_run(path: Path, manifest: dict[str, Any], *, force_new: bool = False) -
 
 def _git_sha() -> str | None:
     """The toolkit's own commit, when it runs from a checkout (recorded for reproducibility)."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     if not (root / ".git").exists() or shutil.which("git") is None:
         return None
     try:

@@ -124,7 +124,7 @@ def run_confirm(files: list[Path], config: ConfirmConfig, out: Path, *, log: Log
     adherence = _adherence(config, sets, chosen, runs, sizes, heldout_file, out, log)
     geometry = {name: _geometry(config.model, next(r for r in runs if r["set"] == name and r["preset"] == "enigma"),
                                 sets[name], sizes, out, log) for name in chosen}
-    from si_toolkit.confirm_analysis import analyse, write_confirm_report
+    from si_toolkit.confirm.analysis import analyse, write_confirm_report
 
     result = analyse(config, estimates, chosen, runs, evals, adherence, geometry)
     result["seconds"] = round(time.monotonic() - start, 1)
@@ -135,7 +135,7 @@ def run_confirm(files: list[Path], config: ConfirmConfig, out: Path, *, log: Log
 
 def _write_splits(out: Path) -> tuple[Path, Path]:
     """Training prompts and held-out prompts as files, so every step reads the same split."""
-    from si_toolkit.evaluate import heldout_split
+    from si_toolkit.confirm.evaluate import heldout_split
     from si_toolkit.prompts import load_prompts
 
     train, heldout = heldout_split(load_prompts("builtin:mixed"))
@@ -149,7 +149,7 @@ def _write_splits(out: Path) -> tuple[Path, Path]:
 
 
 def _rank(files: list[Path], config: ConfirmConfig, sizes: dict[str, Any], out: Path, log: Log) -> dict[str, Any]:
-    from si_toolkit.pipeline import create_rank_run, run_rank
+    from si_toolkit.rank.pipeline import create_rank_run, run_rank
 
     if config.ranking:
         path = Path(config.ranking) / "estimates.json"
@@ -163,7 +163,7 @@ def _rank(files: list[Path], config: ConfirmConfig, sizes: dict[str, Any], out: 
 
 def _train(principle_set: PrincipleSet, preset: str, seed: int, config: ConfirmConfig, sizes: dict[str, Any],
            train_file: Path, out: Path, log: Log) -> dict[str, Any]:
-    from si_toolkit.steadiness import read_metrics, steadiness
+    from si_toolkit.confirm.steadiness import read_metrics, steadiness
     from si_toolkit.train.config import load_train_config
     from si_toolkit.train.trainer import train
 
@@ -184,7 +184,7 @@ def _train(principle_set: PrincipleSet, preset: str, seed: int, config: ConfirmC
 
 
 def _evaluate(model_ref: str, name: str, sizes: dict[str, Any], out: Path, log: Log) -> dict[str, Any]:
-    from si_toolkit.evaluate import EvalConfig, evaluate_checkpoint, read_items
+    from si_toolkit.confirm.evaluate import EvalConfig, evaluate_checkpoint, read_items
 
     folder = out / "eval" / name
     if not (folder / "summary.json").is_file():
@@ -196,7 +196,7 @@ def _evaluate(model_ref: str, name: str, sizes: dict[str, Any], out: Path, log: 
 def _adherence(config: ConfirmConfig, sets: dict[str, PrincipleSet], chosen: list[str], runs: list[dict[str, Any]],
                sizes: dict[str, Any], heldout_file: Path, out: Path, log: Log) -> dict[str, Any]:
     """SI of base and trained models on each chosen set, on the same held-out prompts."""
-    from si_toolkit.pipeline import create_rank_run, run_rank
+    from si_toolkit.rank.pipeline import create_rank_run, run_rank
 
     def si_of(model_ref: str, names: list[str], folder: Path) -> dict[str, Any]:
         log(f"adherence: SI of {folder.name}")
@@ -212,7 +212,7 @@ def _adherence(config: ConfirmConfig, sets: dict[str, PrincipleSet], chosen: lis
 
 def _geometry(base: str, run: dict[str, Any], principle_set: PrincipleSet, sizes: dict[str, Any], out: Path,
               log: Log) -> dict[str, Any]:
-    from si_toolkit.geometry import GeometryConfig, analyze_geometry, write_geometry
+    from si_toolkit.confirm.geometry import GeometryConfig, analyze_geometry, write_geometry
 
     folder = out / "geometry" / run["name"]
     if (folder / "geometry.json").is_file():

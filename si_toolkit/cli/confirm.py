@@ -47,7 +47,7 @@ def _counting(quiet: bool, total: int, description: str) -> Any:
 
 
 def _evaluate(ref: str, config: Any, folder: Path, quiet: bool, trust_remote_code: bool) -> dict[str, Any]:
-    from si_toolkit.evaluate import benchmark_items, evaluate_checkpoint
+    from si_toolkit.confirm.evaluate import benchmark_items, evaluate_checkpoint
 
     progress, task = _counting(quiet, len(benchmark_items(config)), f"eval {_safe_name(ref)}")
     with progress:
@@ -57,7 +57,7 @@ def _evaluate(ref: str, config: Any, folder: Path, quiet: bool, trust_remote_cod
 
 def _items_b(compare: str, config: Any, folder: Path, quiet: bool, trust_remote_code: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """B's per-item results: read from an earlier items.jsonl, or evaluated now into `folder`."""
-    from si_toolkit.evaluate import read_items
+    from si_toolkit.confirm.evaluate import read_items
 
     path = Path(compare)
     if path.suffix == ".jsonl" and not path.is_file():
@@ -119,7 +119,7 @@ def _harness_table(report: dict[str, Any]) -> Table:
 def _harness(refs: dict[str, str], harness: str, options: dict[str, Any], folder: Path,
              trust_remote_code: bool) -> dict[str, Any]:
     """Run lm-evaluation-harness on each model with one HarnessConfig; compare A with B if both ran."""
-    from si_toolkit.evaluate import HarnessConfig, compare_harness, parse_tasks, run_harness
+    from si_toolkit.confirm.evaluate import HarnessConfig, compare_harness, parse_tasks, run_harness
     from si_toolkit.safeio import atomic_write_text
 
     config = HarnessConfig(tasks=parse_tasks(harness), **options)
@@ -158,7 +158,7 @@ def eval_command(
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """Accuracy and format rate on held-out arithmetic problems; with --compare, A − B item by item."""
-    from si_toolkit.evaluate import EvalConfig, compare_items, read_items, require_harness
+    from si_toolkit.confirm.evaluate import EvalConfig, compare_items, read_items, require_harness
     from si_toolkit.safeio import atomic_write_json
 
     try:
@@ -217,7 +217,7 @@ def geometry_command(
     json_out: Annotated[bool, typer.Option("--json", help="Print geometry.json on stdout.")] = False,
 ) -> None:
     """Per layer: Sinkhorn divergence base→trained, shift along each principle's direction, effective rank."""
-    from si_toolkit.geometry import GeometryConfig, analyze_geometry, write_geometry
+    from si_toolkit.confirm.geometry import GeometryConfig, analyze_geometry, write_geometry
 
     try:
         config = GeometryConfig(prompts=prompts, n_prompts=n_prompts, split=split, pool=pool, prefill=not no_prefill,
@@ -251,7 +251,7 @@ def steadiness_command(
     json_out: Annotated[bool, typer.Option("--json", help="Print the numbers as JSON on stdout.")] = False,
 ) -> None:
     """Steadiness of a training run: reward/loss volatility, entropy slope and collapse, KL/Sinkhorn drift."""
-    from si_toolkit.steadiness import read_metrics, steadiness
+    from si_toolkit.confirm.steadiness import read_metrics, steadiness
 
     try:
         path = metrics / "metrics.jsonl" if metrics.is_dir() else metrics

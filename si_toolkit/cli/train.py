@@ -4,7 +4,7 @@ Registered in the root app as `si train`; also runnable on its own, which is how
 starts one copy per process:
 
     si train --principles principles/helpful-vs-harmless.yaml --set max_steps=50
-    torchrun --nproc_per_node 2 -m si_toolkit.train.cli --principles FILE --config train.yaml
+    torchrun --nproc_per_node 2 -m si_toolkit.cli.train --principles FILE --config train.yaml
 
 Settings resolve as: field defaults < preset < --config YAML < explicit options < --set.
 """
@@ -165,5 +165,5 @@ app = typer.Typer(add_completion=False, pretty_exceptions_show_locals=False)
 app.command(name="train")(train_command)
 
 if __name__ == "__main__":
-    # A one-command app runs that command directly: `python -m si_toolkit.train.cli --principles ...`.
+    # A one-command app runs that command directly: `python -m si_toolkit.cli.train --principles ...`.
     app()

@@ -114,7 +114,7 @@ def rank(
 def _create_run(files: list[Path], prompts: str, model: str, backend: str, dtype: str, profile: str,
                 n_prompts: int | None, replicates: int | None, max_new_tokens: int | None, seed: int,
                 out: Path | None, force_new: bool, no_prefill: bool) -> Any:
-    from si_toolkit.pipeline import create_rank_run
+    from si_toolkit.rank.pipeline import create_rank_run
 
     if not files:
         raise SIError("no principle-set files given; e.g. `si rank principles/*.yaml`")
@@ -141,8 +141,8 @@ def _progress_factory(quiet: bool) -> Any:
 
 
 def _run_all(run: Any, trust_remote_code: bool, quiet: bool, shard_text: str | None = None) -> dict[str, Any]:
-    from si_toolkit.pipeline import run_rank
-    from si_toolkit.runs import parse_shard
+    from si_toolkit.rank.pipeline import run_rank
+    from si_toolkit.rank.runs import parse_shard
 
     return run_rank(run, trust_remote_code=trust_remote_code, shard=parse_shard(shard_text),
                     progress=_progress_factory(quiet))
@@ -201,8 +201,8 @@ def score(
 
 def _stage_command(run_dir: Path, stage: str, shard_text: str | None, trust_remote_code: bool, quiet: bool) -> None:
     """One stage (or one shard of it); the merged table is written once every unit has a shard."""
-    from si_toolkit.pipeline import run_backend, sample_stage, score_stage, units_left
-    from si_toolkit.runs import RunFolder, parse_shard
+    from si_toolkit.rank.pipeline import run_backend, sample_stage, score_stage, units_left
+    from si_toolkit.rank.runs import RunFolder, parse_shard
 
     backend = None
     try:
@@ -234,7 +234,7 @@ def estimate(
     json_out: JsonOpt = False,
 ) -> None:
     """Compute every SI-SPEC quantity from scores (writes estimates.json into a run folder)."""
-    from si_toolkit.pipeline import estimate_stage
+    from si_toolkit.rank.pipeline import estimate_stage
 
     try:
         if not source.exists():
@@ -302,7 +302,7 @@ def confirm(
     json_out: JsonOpt = False,
 ) -> None:
     """Rank, train top/bottom sets (enigma + grpo ablation), evaluate, and report whether SI predicted the outcome."""
-    from si_toolkit.confirm import ConfirmConfig, run_confirm
+    from si_toolkit.confirm.confirm import ConfirmConfig, run_confirm
 
     try:
         config = ConfirmConfig(model=model, profile=profile, top=top, bottom=bottom, seeds=seeds,
@@ -322,8 +322,8 @@ def confirm(
 
 def _register_subcommands() -> None:
     """Commands that live in their own modules (imported lazily: they pull in no torch at import)."""
-    from si_toolkit.eval_cli import eval_command, geometry_command, steadiness_command
-    from si_toolkit.train.cli import train_command
+    from si_toolkit.cli.confirm import eval_command, geometry_command, steadiness_command
+    from si_toolkit.cli.train import train_command
 
     app.command("train")(train_command)
     app.command("eval")(eval_command)

@@ -31,8 +31,8 @@ OUTCOMES = {
 
 def analyse(config: Any, estimates: dict[str, Any], chosen: list[str], runs: list[dict[str, Any]],
             evals: dict[str, Any], adherence: dict[str, Any], geometry: dict[str, Any]) -> dict[str, Any]:
-    from si_toolkit.confirm import spearman_with_ci
-    from si_toolkit.evaluate import compare_items
+    from si_toolkit.confirm.confirm import spearman_with_ci
+    from si_toolkit.confirm.evaluate import compare_items
 
     base_items = evals["base"]["items"]
     rows = []
@@ -72,7 +72,7 @@ def _mean(values: list[Any]) -> float:
 
 def _ablation(runs: list[dict[str, Any]], evals: dict[str, Any]) -> list[dict[str, Any]]:
     """enigma vs grpo (paired on items) for each set and seed."""
-    from si_toolkit.evaluate import compare_items
+    from si_toolkit.confirm.evaluate import compare_items
 
     out = []
     for run in runs:

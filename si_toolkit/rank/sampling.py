@@ -25,7 +25,7 @@ import pandas as pd
 from si_toolkit.backends.base import Backend, SamplingConfig, prompt_seeds
 from si_toolkit.chat import parse_response, render_prompt_ids
 from si_toolkit.errors import SIError
-from si_toolkit.runs import RunFolder, Shard, unit_seed
+from si_toolkit.rank.runs import RunFolder, Shard, unit_seed
 
 __all__ = ["UNIT_PROMPTS", "StagePlan", "plan_units", "units_per_call", "unit_groups", "owned_units", "run_sampling",
            "merge_stage", "render_unit_prompts"]

@@ -18,7 +18,7 @@ from si_toolkit.backends.base import Backend, SamplingConfig
 from si_toolkit.errors import SIError
 from si_toolkit.principles import PrincipleSet
 from si_toolkit.prompts import PromptSet, prompt_hash
-from si_toolkit.runs import RunFolder, Shard
+from si_toolkit.rank.runs import RunFolder, Shard
 
 __all__ = ["RankConfig", "PROFILES", "new_manifest", "create_rank_run", "estimate_stage", "sample_stage", "score_stage", "units_total"]
 
@@ -89,13 +89,13 @@ def new_manifest(config: RankConfig, sets: list[PrincipleSet], prompts: PromptSe
 
 
 def units_total(manifest: dict[str, Any]) -> int:
-    from si_toolkit.sampling import plan_units
+    from si_toolkit.rank.sampling import plan_units
 
     return sum(len(p.units) for p in plan_units(manifest))
 
 
 def units_left(run: RunFolder, stage: str, shard: Shard) -> int:
-    from si_toolkit.sampling import owned_units, plan_units
+    from si_toolkit.rank.sampling import owned_units, plan_units
 
     manifest = run.read_manifest()
     left = 0
@@ -117,14 +117,14 @@ def _timed_stage(run: RunFolder, stage: str, work: Callable[[], bool]) -> bool:
 
 def sample_stage(run: RunFolder, backend: Backend, shard: Shard = Shard(),
                  progress: Callable[[int], None] | None = None) -> bool:
-    from si_toolkit.sampling import run_sampling
+    from si_toolkit.rank.sampling import run_sampling
 
     return _timed_stage(run, "sample", lambda: run_sampling(run, backend, shard=shard, progress=progress))
 
 
 def score_stage(run: RunFolder, backend: Backend, shard: Shard = Shard(),
                 progress: Callable[[int], None] | None = None) -> bool:
-    from si_toolkit.scoring import run_scoring
+    from si_toolkit.rank.scoring import run_scoring
 
     return _timed_stage(run, "score", lambda: run_scoring(run, backend, shard=shard, progress=progress))
 
@@ -135,7 +135,7 @@ Span = Literal["cot", "answer", "full"]
 def estimate_stage(run_or_scores: Path, *, span: str = "cot", critic: str = "sum", n_bootstrap: int = 2000,
                    seed: int = 0, write: bool = True) -> dict[str, Any]:
     """Estimates from a run folder (written to estimates.json) or from a bare scores.parquet."""
-    from si_toolkit.estimation import estimate_run
+    from si_toolkit.rank.estimation import estimate_run
 
     if span not in ("cot", "answer", "full") or critic not in ("sum", "mean"):
         raise SIError(f"--span {span!r} / --critic {critic!r}: span is cot|answer|full, critic is sum|mean")
@@ -180,7 +180,7 @@ def create_rank_run(files: list[Path], *, prompts: str = "builtin:mixed", model:
     from si_toolkit.models import resolve_model
     from si_toolkit.principles import load_principle_sets
     from si_toolkit.prompts import load_prompts
-    from si_toolkit.runs import open_run
+    from si_toolkit.rank.runs import open_run
 
     if profile not in PROFILES:
         raise SIError(f"--profile {profile!r}: use one of {list(PROFILES)}")

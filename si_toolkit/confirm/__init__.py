@@ -1,0 +1,1 @@
+"""Confirmatory runs: training outcomes, evaluation, geometry and steadiness against SI."""
