@@ -1,7 +1,6 @@
-"""The `si eval`, `si geometry` and `si steadiness` commands (registered by `si_toolkit.cli`).
+"""`si confirm`, `si eval`, `si geometry` and `si steadiness`: the confirm job.
 
-Thin: parse options, call one function of `evaluate`, `geometry` or `steadiness`, print with
-rich. Definitions of every number: docs/evaluation.md.
+Thin: parse options, call one function of `si_toolkit.confirm`, print with rich. Definitions of every number: docs/evaluation.md.
 """
 
 from __future__ import annotations
@@ -14,22 +13,15 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from si_toolkit.errors import USER_FAILURES as _USER_FAILURES
-from si_toolkit.errors import SIError
+from si_toolkit.cli.common import DTYPE_HELP, FilesArg, JsonOpt, ModelOpt, ProfileOpt, err, fail, out
+from si_toolkit.errors import USER_FAILURES, SIError
 
-__all__ = ["eval_command", "geometry_command", "steadiness_command"]
+__all__ = ["app"]
 
-err = Console(stderr=True)
-out = Console()
-
-
-def _fail(error: BaseException) -> None:
-    from si_toolkit import cli  # the root app owns --debug, the message format and the exit codes
-
-    cli._fail(error)
+app = typer.Typer()
 
 
 def _safe_name(ref: str) -> str:
@@ -135,6 +127,7 @@ def _harness(refs: dict[str, str], harness: str, options: dict[str, Any], folder
     return report
 
 
+@app.command("eval")
 def eval_command(
     checkpoint: Annotated[str, typer.Argument(help="Model A: `embedded`, a checkpoint folder, or a cached HF id.")],
     compare: Annotated[str | None, typer.Option("--compare", help="Model B (e.g. the base), or the items.jsonl of an earlier `si eval`.")] = None,
@@ -145,7 +138,7 @@ def eval_command(
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Generated tokens per item.")] = 192,
     temperature: Annotated[float, typer.Option("--temperature", help="0 = greedy (default); > 0 samples.")] = 0.0,
     seed: Annotated[int, typer.Option("--seed", help="Sampling and bootstrap seed.")] = 0,
-    dtype: Annotated[str, typer.Option("--dtype", help="float32, bfloat16 or float16.")] = "float32",
+    dtype: Annotated[str, typer.Option("--dtype", help=DTYPE_HELP)] = "bfloat16",
     batch_size: Annotated[int, typer.Option("--batch-size", help="Items per generation batch.")] = 16,
     no_prefill: Annotated[bool, typer.Option("--no-prefill", help="Do not prefill the assistant turn with <think>.")] = False,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Output folder (default reports/eval-A[-vs-B]).")] = None,
@@ -187,8 +180,8 @@ def eval_command(
             options = {"num_fewshot": harness_fewshot, "limit": harness_limit, "apply_chat_template": chat_template,
                        "dtype": dtype, "seed": seed}
             result["harness"] = _harness(refs, harness, options, folder, trust_remote_code)
-    except _USER_FAILURES as error:
-        _fail(error)
+    except USER_FAILURES as error:
+        fail(error)
         return
     if json_out:
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
@@ -201,6 +194,7 @@ def eval_command(
     err.print(f"results: {folder}")
 
 
+@app.command("geometry")
 def geometry_command(
     base: Annotated[str, typer.Argument(help="The base model: `embedded`, a folder, or a cached HF id.")],
     trained: Annotated[str, typer.Argument(help="The trained checkpoint folder (a fine-tune of BASE).")],
@@ -209,7 +203,7 @@ def geometry_command(
     n_prompts: Annotated[int, typer.Option("--n-prompts", help="Held-out prompts to use.")] = 16,
     split: Annotated[str, typer.Option("--split", help="heldout (never trained on) or all.")] = "heldout",
     pool: Annotated[str, typer.Option("--pool", help="suffix (tokens after the principle text) or all.")] = "suffix",
-    dtype: Annotated[str, typer.Option("--dtype", help="float32, bfloat16 or float16.")] = "float32",
+    dtype: Annotated[str, typer.Option("--dtype", help=DTYPE_HELP)] = "bfloat16",
     batch_size: Annotated[int, typer.Option("--batch-size", help="Sequences per forward pass.")] = 8,
     no_prefill: Annotated[bool, typer.Option("--no-prefill", help="Render without the <think> prefill.")] = False,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Output folder (default reports/geometry-TRAINED).")] = None,
@@ -225,8 +219,8 @@ def geometry_command(
         result = analyze_geometry(base, trained, principles, config, trust_remote_code=trust_remote_code)
         folder = out_dir or Path("reports") / f"geometry-{_safe_name(trained)}"
         write_geometry(result, folder)
-    except _USER_FAILURES as error:
-        _fail(error)
+    except USER_FAILURES as error:
+        fail(error)
         return
     if json_out:
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
@@ -244,6 +238,7 @@ def geometry_command(
     err.print(f"geometry.json and figures: {folder}")
 
 
+@app.command("steadiness")
 def steadiness_command(
     metrics: Annotated[Path, typer.Argument(help="A training run's metrics.jsonl (or its run folder).")],
     warmup_steps: Annotated[float | None, typer.Option("--warmup-steps", help="Steps dropped before volatilities (default 10 % of the run).")] = None,
@@ -256,8 +251,8 @@ def steadiness_command(
     try:
         path = metrics / "metrics.jsonl" if metrics.is_dir() else metrics
         result = steadiness(read_metrics(path), warmup_steps=warmup_steps, collapse_fraction=collapse_fraction).to_dict()
-    except _USER_FAILURES as error:
-        _fail(error)
+    except USER_FAILURES as error:
+        fail(error)
         return
     if json_out:
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
@@ -268,3 +263,32 @@ def steadiness_command(
     for key, value in result.items():
         table.add_row(key, "n/a" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value))
     out.print(table)
+
+
+@app.command()
+def confirm(
+    files: FilesArg,
+    top: Annotated[int, typer.Option("--top", help="Train the k highest-SI sets.")] = 1,
+    bottom: Annotated[int, typer.Option("--bottom", help="Train the k lowest-SI sets.")] = 1,
+    profile: ProfileOpt = "quick",
+    seeds: Annotated[int, typer.Option("--seeds", help="Training seeds per set and preset.")] = 1,
+    model: ModelOpt = "embedded",
+    ranking: Annotated[Path | None, typer.Option("--ranking", help="Reuse a ranking run folder.")] = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="Confirmation folder (resumable).")] = Path("reports/confirm"),
+    json_out: JsonOpt = False,
+) -> None:
+    """Rank, train top/bottom sets (enigma + grpo ablation), evaluate, and report whether SI predicted the outcome."""
+    from si_toolkit.confirm.confirm import ConfirmConfig, run_confirm
+
+    try:
+        config = ConfirmConfig(model=model, profile=profile, top=top, bottom=bottom, seeds=seeds,
+                               ranking=str(ranking) if ranking else None)
+        result = run_confirm(files, config, out_dir, log=lambda line: err.print(line, highlight=False))
+    except USER_FAILURES as error:
+        fail(error)
+        return
+    if json_out:
+        sys.stdout.write(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=2, default=str) + "\n")
+    else:
+        err.print(f"report: {out_dir / 'confirm.html'}")
+        out.print(escape(result["verdict"]))

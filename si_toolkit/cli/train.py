@@ -18,15 +18,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
-from si_toolkit.errors import USER_FAILURES as _USER_FAILURES
-from si_toolkit.errors import SIError
+from si_toolkit.cli.common import err, fail, out
+from si_toolkit.errors import USER_FAILURES, SIError
 
 __all__ = ["app", "train_command"]
-
-err = Console(stderr=True)
-out = Console()
 
 
 PrinciplesOpt = Annotated[Path | None, typer.Option("--principles", help="Principle-set YAML to train on.")]
@@ -36,7 +32,7 @@ PromptsOpt = Annotated[str | None, typer.Option("--prompts", help="builtin:mixed
 PresetOpt = Annotated[str | None, typer.Option("--preset", help="grpo | grpo+sami | grpo+ot | enigma.")]
 StepsOpt = Annotated[int | None, typer.Option("--max-steps", help="Steps to train.")]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Seed of prompts, variants and sampling.")]
-DtypeOpt = Annotated[str | None, typer.Option("--dtype", help="float32 (default) or bfloat16.")]
+DtypeOpt = Annotated[str | None, typer.Option("--dtype", help="float32 (default for training: bfloat16 weights would round lr-1e-6 updates away) or bfloat16.")]
 OutOpt = Annotated[Path | None, typer.Option("--out", help="Run folder (default reports/train-<set>-<preset>).")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its newest checkpoint.")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override any config key: --set key=value (repeatable).")]
@@ -78,9 +74,8 @@ def train_command(
         result = _run(cfg, principles, out_dir, resume, ctx, quiet or not ctx.is_main)
         if ctx.is_main:
             _print_result(result, json_out)
-    except _USER_FAILURES as error:
-        err.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
-        raise typer.Exit(code=2) from None
+    except USER_FAILURES as error:
+        fail(error)
     finally:
         if ctx is not None:
             shutdown(ctx)
@@ -161,9 +156,10 @@ def _print_config_help() -> None:
     out.print(table)
 
 
-app = typer.Typer(add_completion=False, pretty_exceptions_show_locals=False)
+app = typer.Typer(pretty_exceptions_show_locals=False)
 app.command(name="train")(train_command)
 
 if __name__ == "__main__":
-    # A one-command app runs that command directly: `python -m si_toolkit.cli.train --principles ...`.
+    # Under torchrun every process runs this one command directly:
+    # `python -m si_toolkit.cli.train --principles ...` (a one-command app needs no command name).
     app()

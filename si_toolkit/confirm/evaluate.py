@@ -123,7 +123,7 @@ class EvalConfig:
     max_new_tokens: int = field(default=192, metadata={"help": "Generated tokens per item (>= 1)."})
     temperature: float = field(default=0.0, metadata={"help": "0 = greedy (default); > 0 samples untruncated."})
     seed: int = field(default=0, metadata={"help": "Sampling seed (used only when temperature > 0)."})
-    dtype: str = field(default="float32", metadata={"help": "float32, bfloat16 or float16 weights."})
+    dtype: str = field(default="bfloat16", metadata={"help": "float32, bfloat16 (default, as `si rank`) or float16 weights."})
     batch_size: int = field(default=16, metadata={"help": "Items per generation batch (outputs depend on it slightly)."})
 
     def __post_init__(self) -> None:
@@ -379,7 +379,7 @@ class HarnessConfig:
     batch_size: int = field(default=8, metadata={"help": "Harness batch size (>= 1)."})
     limit: int | None = field(default=None, metadata={"help": "Documents per task (testing only; None = all)."})
     apply_chat_template: bool = field(default=False, metadata={"help": "Render requests with the model's chat template."})
-    dtype: str = field(default="float32", metadata={"help": "float32, bfloat16 or float16 weights."})
+    dtype: str = field(default="bfloat16", metadata={"help": "float32, bfloat16 (default, as `si rank`) or float16 weights."})
     seed: int = field(default=0, metadata={"help": "Python, numpy, torch and few-shot sampling seeds."})
 
     def __post_init__(self) -> None:

@@ -174,7 +174,7 @@ class GeometryConfig:
     split: str = field(default="heldout", metadata={"help": "'heldout' (never trained on) or 'all'."})
     pool: str = field(default="suffix", metadata={"help": "'suffix' (tokens after the principle) or 'all' tokens."})
     prefill: bool = field(default=True, metadata={"help": "Render with the '<think>' prefill, as in training."})
-    dtype: str = field(default="float32", metadata={"help": "Weights dtype for the forward passes."})
+    dtype: str = field(default="bfloat16", metadata={"help": "Weights dtype for the forward passes (default bfloat16, as `si rank`)."})
     batch_size: int = field(default=8, metadata={"help": "Sequences per forward pass."})
     epsilon: float = field(default=0.1, metadata={"help": "Sinkhorn ε in base-standardised units (> 0)."})
 

@@ -79,7 +79,7 @@ class TrainConfig:
     # ---------------------------------------------------------------- model
     model: str = _f("embedded", "Policy to train: 'embedded', a model folder, or an HF id in the local cache.")
     dtype: Literal["float32", "bfloat16", "float16"] = _f(
-        "float32", "Weights dtype. float32 (default) is deterministic on CPU; bfloat16 keeps no fp32 master copy."
+        "float32", "Weights dtype. float32 (default, unlike inference commands): bfloat16 weights keep no fp32 master copy, so updates below ~1/256 of a weight (lr 1e-6) are rounded away."
     )
     device: Literal["auto", "cpu", "cuda"] = _f("auto", "auto = CUDA when available (cuda:LOCAL_RANK under torchrun).")
     trust_remote_code: bool = _f(False, "Allow model code shipped in the model folder.")
