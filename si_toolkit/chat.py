@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "render_unit_prompts",
     "COT_INSTRUCTION",
     "PREFILL",
     "ParsedResponse",
@@ -123,3 +124,13 @@ def _first_prefix_reaching(tokenizer: Any, token_ids: list[int], n_chars: int) -
         else:
             lo = mid + 1
     return lo
+
+
+def render_unit_prompts(tokenizer: Any, variant_texts: list[str], prompts: list[dict[str, Any]], *,
+                        prefill: bool) -> dict[tuple[str, int], list[int]]:
+    """Rendered prompt ids for every (prompt id, variant index) of a unit."""
+    return {
+        (p["id"], i): render_prompt_ids(tokenizer, text, p["text"], prefill=prefill)
+        for p in prompts
+        for i, text in enumerate(variant_texts)
+    }

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from si_toolkit.backends.base import Generation, SamplingConfig, ScoreRequest, make_backend
+from si_toolkit.backends.base import Generation, SamplingConfig, ScoreRequest
+from si_toolkit.backends.factory import make_backend
 from si_toolkit.backends.vllm import (
     OPTIONS_ENV,
     _continuation_logprobs,

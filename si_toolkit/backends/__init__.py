@@ -5,6 +5,7 @@ log-probabilities of given continuation ids after given prefix ids (teacher forc
 only talk to a backend through `si_toolkit.backends.base.Backend`.
 """
 
-from si_toolkit.backends.base import Backend, Generation, SamplingConfig, ScoreRequest, make_backend
+from si_toolkit.backends.base import Backend, Generation, SamplingConfig, ScoreRequest
+from si_toolkit.backends.factory import make_backend
 
 __all__ = ["Backend", "Generation", "SamplingConfig", "ScoreRequest", "make_backend"]

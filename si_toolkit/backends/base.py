@@ -10,7 +10,7 @@ import numpy as np
 
 from si_toolkit.errors import SIError
 
-__all__ = ["SamplingConfig", "Generation", "ScoreRequest", "Backend", "make_backend", "BACKENDS", "request_seed",
+__all__ = ["SamplingConfig", "Generation", "ScoreRequest", "Backend", "BACKENDS", "request_seed",
            "prompt_seeds"]
 
 BACKENDS = ("auto", "hf", "vllm")
@@ -117,28 +117,3 @@ class Backend(Protocol):
     def close(self) -> None:
         """Release the model (GPU memory, engine processes)."""
         ...
-
-
-def make_backend(
-    name: str,
-    model_ref: str,
-    *,
-    dtype: str = "bfloat16",
-    device: str = "auto",
-    trust_remote_code: bool = False,
-    engine_options: dict[str, Any] | None = None,
-) -> Backend:
-    """Build a backend by name. `auto` picks vLLM when it is importable, else transformers."""
-    if name not in BACKENDS:
-        raise SIError(f"--backend {name!r} is not one of {list(BACKENDS)}")
-    if name == "auto":
-        import importlib.util
-
-        name = "vllm" if importlib.util.find_spec("vllm") is not None else "hf"
-    if name == "vllm":
-        from si_toolkit.backends.vllm import VLLMBackend
-
-        return VLLMBackend(model_ref, dtype=dtype, trust_remote_code=trust_remote_code, **(engine_options or {}))
-    from si_toolkit.backends.hf import HFBackend
-
-    return HFBackend(model_ref, dtype=dtype, device=device, trust_remote_code=trust_remote_code)

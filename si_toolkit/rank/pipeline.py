@@ -89,13 +89,14 @@ def new_manifest(config: RankConfig, sets: list[PrincipleSet], prompts: PromptSe
 
 
 def units_total(manifest: dict[str, Any]) -> int:
-    from si_toolkit.rank.sampling import plan_units
+    from si_toolkit.rank.runs import plan_units
 
     return sum(len(p.units) for p in plan_units(manifest))
 
 
 def units_left(run: RunFolder, stage: str, shard: Shard) -> int:
-    from si_toolkit.rank.sampling import owned_units, plan_units
+    from si_toolkit.rank.runs import plan_units
+    from si_toolkit.rank.sampling import owned_units
 
     manifest = run.read_manifest()
     left = 0
@@ -200,7 +201,7 @@ def create_rank_run(files: list[Path], *, prompts: str = "builtin:mixed", model:
 
 def run_backend(run: RunFolder, *, trust_remote_code: bool = False) -> Backend:
     """The backend, model and dtype the run's manifest records (every stage and shard uses it)."""
-    from si_toolkit.backends.base import make_backend
+    from si_toolkit.backends.factory import make_backend
 
     cfg = run.read_manifest()["config"]
     return make_backend(cfg["backend"], cfg["model"], dtype=cfg["dtype"], trust_remote_code=trust_remote_code)

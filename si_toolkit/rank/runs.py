@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,8 @@ import pandas as pd
 from si_toolkit.errors import SIError
 from si_toolkit.safeio import atomic_write_bytes, atomic_write_json
 
-__all__ = ["RunFolder", "open_run", "config_diff", "unit_seed", "Shard", "parse_shard", "MANIFEST_SCHEMA"]
+__all__ = ["RunFolder", "open_run", "config_diff", "unit_seed", "Shard", "parse_shard", "MANIFEST_SCHEMA",
+           "UNIT_PROMPTS", "Progress", "StagePlan", "plan_units", "merge_stage"]
 
 MANIFEST_SCHEMA = "si-toolkit/manifest/v1"
 STAGES = ("sample", "score")
@@ -185,3 +187,46 @@ def _git_sha() -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() or None
+
+
+# Work units, shared by the sampling and scoring stages ------------------------------------
+
+UNIT_PROMPTS = 4  # prompts per work unit: small enough that a kill loses little work
+
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """The units of one stage for one set: unit index -> prompt records."""
+
+    set_name: str
+    units: list[list[dict[str, Any]]]
+
+
+def plan_units(manifest: dict[str, Any]) -> list[StagePlan]:
+    prompts = manifest["prompts"]
+    chunks = [prompts[k : k + UNIT_PROMPTS] for k in range(0, len(prompts), UNIT_PROMPTS)]
+    return [StagePlan(name, chunks) for name in manifest["sets"]]
+
+
+def merge_stage(run: RunFolder, stage: str, table: str, sort_keys: list[str]) -> bool:
+    """When every unit of every set has its shard, write the merged, sorted table atomically.
+
+    Checks that no unit is missing and no row is duplicated (sharded runs write into one folder).
+    """
+    manifest = run.read_manifest()
+    plans = plan_units(manifest)
+    missing = [
+        f"{p.set_name}/u{u:05d}" for p in plans for u in range(len(p.units))
+        if u not in run.done_units(stage, p.set_name)
+    ]
+    if missing:
+        return False
+    frame = pd.concat([run.read_shards(stage, p.set_name) for p in plans], ignore_index=True)
+    dupes = frame.duplicated(subset=sort_keys, keep=False)
+    if dupes.any():
+        first = frame.loc[dupes, sort_keys].iloc[0].to_dict()
+        raise SIError(f"{run.path}: duplicate {stage} rows (e.g. {first}); remove the run's shards/{stage} and rerun")
+    run.write_table(table, frame.sort_values(sort_keys, kind="stable").reset_index(drop=True))
+    return True

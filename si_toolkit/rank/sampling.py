@@ -16,53 +16,22 @@ rewritten).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 
 from si_toolkit.backends.base import Backend, SamplingConfig, prompt_seeds
-from si_toolkit.chat import parse_response, render_prompt_ids
+from si_toolkit.chat import parse_response, render_unit_prompts
 from si_toolkit.errors import SIError
-from si_toolkit.rank.runs import RunFolder, Shard, unit_seed
+from si_toolkit.rank.runs import UNIT_PROMPTS, Progress, RunFolder, Shard, StagePlan, merge_stage, plan_units, unit_seed
 
-__all__ = ["UNIT_PROMPTS", "StagePlan", "plan_units", "units_per_call", "unit_groups", "owned_units", "run_sampling",
-           "merge_stage", "render_unit_prompts"]
+__all__ = ["units_per_call", "unit_groups", "owned_units", "run_sampling"]
 
-UNIT_PROMPTS = 4  # prompts per work unit: small enough that a kill loses little work
 SEQUENCES_PER_CALL = 64  # sequences per backend call, roughly: units are grouped up to this
 SAMPLE_COLUMNS = [
     "set", "prompt_id", "variant", "variant_label", "replicate", "token_ids", "text",
     "cot_end", "n_tokens", "format_ok", "finish_reason",
 ]
-
-Progress = Callable[[int], None]
-
-
-@dataclass(frozen=True)
-class StagePlan:
-    """The units of one stage for one set: unit index -> prompt records."""
-
-    set_name: str
-    units: list[list[dict[str, Any]]]
-
-
-def plan_units(manifest: dict[str, Any]) -> list[StagePlan]:
-    prompts = manifest["prompts"]
-    chunks = [prompts[k : k + UNIT_PROMPTS] for k in range(0, len(prompts), UNIT_PROMPTS)]
-    return [StagePlan(name, chunks) for name in manifest["sets"]]
-
-
-def render_unit_prompts(tokenizer: Any, variant_texts: list[str], prompts: list[dict[str, Any]], *,
-                        prefill: bool) -> dict[tuple[str, int], list[int]]:
-    """Rendered prompt ids for every (prompt id, variant index) of a unit."""
-    return {
-        (p["id"], i): render_prompt_ids(tokenizer, text, p["text"], prefill=prefill)
-        for p in prompts
-        for i, text in enumerate(variant_texts)
-    }
-
 
 def units_per_call(manifest: dict[str, Any], set_name: str) -> int:
     """How many consecutive units of a set share one backend call (fixed by the manifest)."""
@@ -144,25 +113,3 @@ def _check_context(backend: Backend, set_name: str, rendered: dict[tuple[str, in
                 f"{config.max_new_tokens} exceed the model context ({backend.max_context}); shorten the "
                 "prompt or principle, or lower --max-new-tokens"
             )
-
-
-def merge_stage(run: RunFolder, stage: str, table: str, sort_keys: list[str]) -> bool:
-    """When every unit of every set has its shard, write the merged, sorted table atomically.
-
-    Checks that no unit is missing and no row is duplicated (sharded runs write into one folder).
-    """
-    manifest = run.read_manifest()
-    plans = plan_units(manifest)
-    missing = [
-        f"{p.set_name}/u{u:05d}" for p in plans for u in range(len(p.units))
-        if u not in run.done_units(stage, p.set_name)
-    ]
-    if missing:
-        return False
-    frame = pd.concat([run.read_shards(stage, p.set_name) for p in plans], ignore_index=True)
-    dupes = frame.duplicated(subset=sort_keys, keep=False)
-    if dupes.any():
-        first = frame.loc[dupes, sort_keys].iloc[0].to_dict()
-        raise SIError(f"{run.path}: duplicate {stage} rows (e.g. {first}); remove the run's shards/{stage} and rerun")
-    run.write_table(table, frame.sort_values(sort_keys, kind="stable").reset_index(drop=True))
-    return True

@@ -14,13 +14,11 @@ import numpy as np
 import pandas as pd
 
 from si_toolkit.backends.base import Backend, ScoreRequest
-from si_toolkit.rank.runs import RunFolder, Shard
-from si_toolkit.rank.sampling import Progress, merge_stage, plan_units, render_unit_prompts
+from si_toolkit.chat import render_unit_prompts
+from si_toolkit.rank.runs import Progress, RunFolder, Shard, merge_stage, plan_units
+from si_toolkit.tensors import SCORE_COLUMNS
 
-__all__ = ["run_scoring", "span_sums", "SPANS", "SCORE_COLUMNS"]
-
-SPANS = ("cot", "answer", "full")
-SCORE_COLUMNS = ["set", "prompt_id", "condition", "variant", "replicate", "span", "logp_sum", "n_tokens"]
+__all__ = ["run_scoring", "span_sums"]
 
 
 def span_sums(token_logprobs: np.ndarray, cot_end: int) -> dict[str, tuple[float, int]]:
@@ -48,8 +46,7 @@ def run_scoring(run: RunFolder, backend: Backend, *, shard: Shard = Shard(), pro
             run.write_shard("score", plan.set_name, unit, rows)
             if progress:
                 progress(1)
-    keys = ["set", "prompt_id", "condition", "variant", "replicate", "span"]
-    return merge_stage(run, "score", "scores.parquet", keys)
+    return merge_stage(run, "score", "scores.parquet", list(SCORE_COLUMNS[:6]))  # one row per cell and span
 
 
 def _score_unit(backend: Backend, set_name: str, meta: dict[str, Any], prompts: list[dict[str, Any]],
