@@ -34,6 +34,7 @@ __all__ = [
     "PrincipleSet",
     "load_principle_set",
     "load_principle_sets",
+    "principle_set_from_mapping",
     "MAX_FACTORIAL_PRINCIPLES",
     "MAX_TEXT_CHARS",
 ]
@@ -80,6 +81,47 @@ class PrincipleSet:
     description: str
     principles: tuple[Principle, ...]
     variants: tuple[Variant, ...]
+    preamble: str = ""
+
+    @classmethod
+    def from_yaml(cls, path: Path | str) -> PrincipleSet:
+        """Read and validate a principle-set YAML file (the same rules as `si principles validate`)."""
+        return load_principle_set(path)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, name: str | None = None) -> PrincipleSet:
+        """Validate a principle set given as a mapping with the YAML file's keys (no file needed).
+
+        `name` is used when the mapping has no `name:`; one of the two is required.
+        """
+        if not isinstance(data, dict):
+            raise SIError(f"a principle set must be a mapping with the YAML file's keys, got {type(data).__name__}")
+        where = f"principle set {data.get('name') or name or '(unnamed)'}"
+        if not (data.get("name") or name):
+            raise SIError(f"{where}: give it a `name` (a key of the mapping, or name=...)")
+        return principle_set_from_mapping(data, where=where, default_name=str(name or ""), path="")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The mapping `from_dict` (and the YAML file format) takes: a round trip gives an equal set."""
+        data: dict[str, Any] = {"name": self.name}
+        if self.description:
+            data["description"] = self.description
+        data["mode"] = self.mode
+        if self.design is not None:
+            data["design"] = self.design
+        if self.preamble:
+            data["preamble"] = self.preamble
+        data["principles"] = [
+            {"id": p.id, "text": p.text, **({"antithesis": p.antithesis} if p.antithesis is not None else {})}
+            for p in self.principles
+        ]
+        return data
+
+    def to_yaml(self) -> str:
+        """The set as YAML text that `from_yaml` reads back to an equal set."""
+        import yaml
+
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True, width=100)
 
     @property
     def K(self) -> int:  # noqa: N802 - K is the spec's symbol
@@ -113,12 +155,15 @@ def load_principle_sets(paths: list[Path]) -> list[PrincipleSet]:
 def load_principle_set(path: Path | str) -> PrincipleSet:
     """Read and validate one principle-set YAML file."""
     path = Path(path)
-    data = _read_yaml(path)
-    where = str(path)
+    return principle_set_from_mapping(_read_yaml(path), where=str(path), default_name=path.stem, path=str(path))
+
+
+def principle_set_from_mapping(data: dict[str, Any], *, where: str, default_name: str, path: str) -> PrincipleSet:
+    """Validate the mapping of a principle-set file; `where` names it in error messages."""
     unknown = set(data) - _TOP_KEYS
     if unknown:
         raise SIError(f"{where}: unknown key(s) {sorted(unknown)}; allowed keys are {sorted(_TOP_KEYS)}")
-    name = str(data.get("name") or path.stem)
+    name = str(data.get("name") or default_name)
     if not _SAFE_NAME.match(name):
         raise SIError(
             f"{where}: field 'name' = {name!r} is not a safe set name; use 1-64 letters, digits, "
@@ -143,12 +188,13 @@ def load_principle_set(path: Path | str) -> PrincipleSet:
     )
     return PrincipleSet(
         name=name,
-        path=where,
+        path=path,
         mode=mode,
         design=design,
         description=_optional_text(data, "description", where),
         principles=tuple(principles),
         variants=tuple(variants),
+        preamble=preamble,
     )
 
 

@@ -36,6 +36,7 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from si_toolkit.errors import SIError
@@ -74,6 +75,28 @@ class PromptSet:
     def records(self) -> list[dict[str, str | None]]:
         """The prompts as plain dicts (id, text, answer, kind), e.g. for the run manifest."""
         return [{"id": p.id, "text": p.text, "answer": p.answer, "kind": p.kind} for p in self.prompts]
+
+    @classmethod
+    def from_records(cls, records: Sequence[Mapping[str, Any]], *, name: str = "records") -> PromptSet:
+        """Validate prompts given as mappings with a prompt file's fields (`prompt` or `text`,
+        optional `id`, `answer`, `kind`), in order; the same rules and messages as a file."""
+        if isinstance(records, (str, bytes)) or not isinstance(records, Sequence):
+            raise SIError(f"prompt records: give a list of mappings, got {type(records).__name__}")
+        raw = [_Record(n, f"record {n}", _record_fields(item, f"{name}: record {n}")) for n, item in enumerate(records, 1)]
+        return cls(name=_safe_stem(Path(name)), source=name, prompts=tuple(_build_prompts(raw, name, _safe_stem(Path(name)))))
+
+    @classmethod
+    def from_dataframe(cls, frame: Any, *, name: str = "dataframe") -> PromptSet:
+        """Validate prompts given as a pandas DataFrame with a prompt file's columns (row order kept)."""
+        if not hasattr(frame, "to_dict") or not hasattr(frame, "columns"):
+            raise SIError(f"{name}: expected a pandas DataFrame, got {type(frame).__name__}")
+        _require_text_column([str(c) for c in frame.columns], name)
+        return cls.from_records(frame.to_dict("records"), name=name)
+
+    def to_jsonl(self) -> str:
+        """The prompts as JSON lines that `load_prompts` reads back in the same order."""
+        return "".join(json.dumps({k: v for k, v in r.items() if v is not None}, ensure_ascii=False) + "\n"
+                       for r in self.records())
 
 
 @dataclass(frozen=True)
@@ -150,9 +173,6 @@ def _ordered(prompts: list[Prompt], seed: int) -> list[Prompt]:
         return hashlib.sha256(f"{seed}\x00{p.id}".encode()).hexdigest()
 
     return sorted(prompts, key=key)
-
-
-# ---------------------------------------------------------------- built-in sets
 
 
 def _load_builtin(name: str, spec: str) -> list[Prompt]:
@@ -286,15 +306,19 @@ def _parse_parquet(path: Path, where: str) -> list[_Record]:
     ]
 
 
+def _record_fields(item: Any, at: str) -> dict[str, Any]:
+    if not isinstance(item, Mapping):
+        raise SIError(f"{at} must be a mapping with a 'prompt' field, got {type(item).__name__}")
+    _require_text_column(list(item), at)
+    return dict(item)
+
+
 def _require_text_column(columns: list[str], where: str) -> None:
     if not any(f in columns for f in _TEXT_FIELDS):
         raise SIError(
             f"{where}: no 'prompt' (or 'text') column; columns found: {columns}; "
             "rename the column that holds the prompts to 'prompt'"
         )
-
-
-# ---------------------------------------------------------------- validation
 
 
 def _build_prompts(records: list[_Record], where: str, stem: str) -> list[Prompt]:

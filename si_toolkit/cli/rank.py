@@ -6,7 +6,6 @@ Thin: parse options, call one function of `si_toolkit.rank`, print with rich.
 from __future__ import annotations
 
 import json
-import shlex
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -45,38 +44,23 @@ def rank(
     quiet: QuietOpt = False,
 ) -> None:
     """Sample, score and estimate SI for each principle set; print the ranking (resumes a killed run)."""
+    from si_toolkit.rank.api import prepare_rank
+    from si_toolkit.rank.api import rank as rank_sets
+
+    options = dict(n_prompts=n_prompts, replicates=replicates, max_new_tokens=max_new_tokens, seed=seed,
+                   backend=backend, dtype=dtype, out=out, force_new=force_new, prefill=not no_prefill)
     with failures():
-        run = _create_run(files, prompts, model, backend, dtype, profile, n_prompts, replicates, max_new_tokens,
-                          seed, out, force_new, no_prefill)
+        if not files:
+            raise SIError("no principle-set files given; e.g. `si rank principles/*.yaml`")
         if prepare_only:
+            run = prepare_rank(files, prompts, model, profile, **options)
             err.print(f"run folder ready: {run.path}")
             return
-        estimates = _run_all(run, trust_remote_code, quiet)
-        if not no_report:
-            _write_report(run.path, quiet)
-        _print_estimates(estimates, run.path, json_out)
-
-
-def _create_run(files: list[Path], prompts: str, model: str, backend: str, dtype: str, profile: str,
-                n_prompts: int | None, replicates: int | None, max_new_tokens: int | None, seed: int,
-                out: Path | None, force_new: bool, no_prefill: bool) -> Any:
-    from si_toolkit.rank.pipeline import create_rank_run
-
-    if not files:
-        raise SIError("no principle-set files given; e.g. `si rank principles/*.yaml`")
-    command = shlex.join(["si", *sys.argv[1:]]) if Path(sys.argv[0]).name == "si" else None
-    return create_rank_run(files, prompts=prompts, model=model, backend=backend, dtype=dtype, profile=profile,
-                           n_prompts=n_prompts, replicates=replicates, max_new_tokens=max_new_tokens, seed=seed,
-                           out=out, force_new=force_new, prefill=not no_prefill, command=command)
-
-
-
-def _run_all(run: Any, trust_remote_code: bool, quiet: bool, shard_text: str | None = None) -> dict[str, Any]:
-    from si_toolkit.rank.pipeline import run_rank
-    from si_toolkit.rank.runs import parse_shard
-
-    return run_rank(run, trust_remote_code=trust_remote_code, shard=parse_shard(shard_text),
-                    progress=progress_factory(quiet))
+        ranking = rank_sets(files, prompts, model, profile, report=not no_report, trust_remote_code=trust_remote_code,
+                            progress=progress_factory(quiet), **options)
+        if ranking.report_path and not quiet:
+            err.print(f"report: {ranking.report_path}")
+        _print_estimates(ranking.estimates, ranking.run_dir, json_out)
 
 
 def _write_report(run_dir: Path, quiet: bool) -> None:

@@ -149,7 +149,7 @@ def _write_splits(out: Path) -> tuple[Path, Path]:
 
 
 def _rank(files: list[Path], config: ConfirmConfig, sizes: dict[str, Any], out: Path, log: Log) -> dict[str, Any]:
-    from si_toolkit.rank.pipeline import create_rank_run, run_rank
+    from si_toolkit.rank.api import rank
 
     if config.ranking:
         path = Path(config.ranking) / "estimates.json"
@@ -157,8 +157,7 @@ def _rank(files: list[Path], config: ConfirmConfig, sizes: dict[str, Any], out: 
             raise SIError(f"--ranking {config.ranking}: no estimates.json; run `si rank` there first")
         return dict(json.loads(path.read_text()))
     log("rank: SI of every set")
-    run = create_rank_run(files, model=config.model, out=out / "ranking", **sizes["rank"])
-    return run_rank(run)
+    return rank(files, model=config.model, out=out / "ranking", report=False, **sizes["rank"]).estimates
 
 
 def _train(principle_set: PrincipleSet, preset: str, seed: int, config: ConfirmConfig, sizes: dict[str, Any],
@@ -196,13 +195,13 @@ def _evaluate(model_ref: str, name: str, sizes: dict[str, Any], out: Path, log: 
 def _adherence(config: ConfirmConfig, sets: dict[str, PrincipleSet], chosen: list[str], runs: list[dict[str, Any]],
                sizes: dict[str, Any], heldout_file: Path, out: Path, log: Log) -> dict[str, Any]:
     """SI of base and trained models on each chosen set, on the same held-out prompts."""
-    from si_toolkit.rank.pipeline import create_rank_run, run_rank
+    from si_toolkit.rank.api import rank
 
     def si_of(model_ref: str, names: list[str], folder: Path) -> dict[str, Any]:
         log(f"adherence: SI of {folder.name}")
-        run = create_rank_run([Path(sets[n].path) for n in names], model=model_ref, prompts=str(heldout_file),
-                              out=folder, dtype="float32", **sizes["adherence"])
-        return run_rank(run)["sets"]
+        ranking = rank([sets[n] for n in names], str(heldout_file), model_ref, out=folder, dtype="float32",
+                       report=False, **sizes["adherence"])
+        return dict(ranking.estimates["sets"])
 
     result = {"base": {n: s["si"] for n, s in si_of(config.model, chosen, out / "adherence" / "base").items()}}
     for run in runs:

@@ -20,7 +20,7 @@ from si_toolkit.principles import PrincipleSet
 from si_toolkit.prompts import PromptSet, prompt_hash
 from si_toolkit.rank.runs import RunFolder, Shard
 
-__all__ = ["RankConfig", "PROFILES", "new_manifest", "create_rank_run", "estimate_stage", "sample_stage", "score_stage", "units_total"]
+__all__ = ["RankConfig", "PROFILES", "new_manifest", "default_run_dir", "run_backend", "run_rank", "estimate_stage", "sample_stage", "score_stage", "units_total"]
 
 # Profiles fix the size of a run. `quick` finishes the shipped sets on 2 CPU cores in minutes
 # (its CIs are wide: few prompts); `standard` is for real decisions, on a GPU host.
@@ -172,31 +172,9 @@ def _read_parquet(path: Path) -> Any:
         raise SIError(f"{path}: not a readable parquet file ({str(err).splitlines()[0]})") from None
 
 
-def create_rank_run(files: list[Path], *, prompts: str = "builtin:mixed", model: str = "embedded",
-                    backend: str = "hf", dtype: str = "bfloat16", profile: str = "quick",
-                    n_prompts: int | None = None, replicates: int | None = None,
-                    max_new_tokens: int | None = None, seed: int = 0, out: Path | None = None,
-                    force_new: bool = False, prefill: bool = True, command: str | None = None) -> RunFolder:
-    """Validate the inputs and create (or reopen, to resume) the run folder of a ranking."""
-    from si_toolkit.models import resolve_model
-    from si_toolkit.principles import load_principle_sets
-    from si_toolkit.prompts import load_prompts
-    from si_toolkit.rank.runs import open_run
-
-    if profile not in PROFILES:
-        raise SIError(f"--profile {profile!r}: use one of {list(PROFILES)}")
-    preset = PROFILES[profile]
-    sets = load_principle_sets(list(files))
-    prompt_set = load_prompts(prompts, n=n_prompts if n_prompts is not None else preset["n_prompts"])
-    sampling = SamplingConfig(max_new_tokens=max_new_tokens or preset["max_new_tokens"],
-                              replicates=replicates or preset["replicates"], seed=seed)
-    config = RankConfig(model=model, backend=backend, dtype=dtype, prompts=prompts, n_prompts=len(prompt_set),
-                        prefill=prefill, sampling=sampling)
-    resolved = resolve_model(model)
-    command = command or "si rank " + " ".join(str(f) for f in files)
-    manifest = new_manifest(config, sets, prompt_set, command, resolved.name)
-    out = out or Path("reports") / f"{'+'.join(s.name for s in sets)[:80]}-{profile}"
-    return open_run(Path(out), manifest, force_new=force_new)
+def default_run_dir(sets: list[PrincipleSet], profile: str, config: RankConfig) -> Path:
+    """reports/<set names>-<profile>: the folder a ranking uses when none is given."""
+    return Path("reports") / f"{'+'.join(s.name for s in sets)[:80]}-{profile}"
 
 
 def run_backend(run: RunFolder, *, trust_remote_code: bool = False) -> Backend:

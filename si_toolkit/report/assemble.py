@@ -6,7 +6,7 @@ import shlex
 from dataclasses import replace
 from typing import Any
 
-from si_toolkit import __version__
+from si_toolkit._version import __version__
 from si_toolkit.errors import SIError
 from si_toolkit.report.document import Report, SetSection
 from si_toolkit.report.evidence import Evidence, response_log_posteriors, select_evidence
