@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 import warnings
 from types import SimpleNamespace
 from typing import Any
@@ -24,13 +27,37 @@ from si_toolkit.train.losses import (
 )
 
 
-def test_pot_does_not_build_backends_this_module_never_uses() -> None:
-    """Hosts with JAX installed: POT would build a JAX backend (and JAX warn about float64)."""
-    import os
+def test_the_package_exports_every_term_under_one_all() -> None:
+    """`from si_toolkit.train import losses` gives every public name of the three term modules."""
+    from si_toolkit.train.losses import _grpo, _sami, _sinkhorn
 
-    assert os.environ["POT_BACKEND_DISABLE_JAX"] and os.environ["POT_BACKEND_DISABLE_CUPY"]
-    names = {type(b).__name__ for b in losses.ot.backend.get_backend_list()}
-    assert "TorchBackend" in names and not names & {"JaxBackend", "CupyBackend", "TensorflowBackend"}
+    parts = set(_grpo.__all__) | set(_sami.__all__) | set(_sinkhorn.__all__)
+    assert set(losses.__all__) == parts
+    assert all(getattr(losses, name) is getattr(module, name)
+               for module in (_grpo, _sami, _sinkhorn) for name in module.__all__)
+
+
+def test_pot_is_imported_on_first_use_without_backends_it_never_uses() -> None:
+    """Importing the losses neither imports POT nor touches the environment; the first Sinkhorn
+    call imports POT with JAX / CuPy / TensorFlow turned off (on hosts with JAX installed, POT
+    would build a JAX backend and JAX would warn about float64 at every run). A fresh
+    interpreter, because this test process may have imported POT already."""
+    script = (
+        "import os, sys, torch\n"
+        "from si_toolkit.train import losses\n"
+        "assert 'ot' not in sys.modules, 'POT imported with the package'\n"
+        "assert not any(k.startswith('POT_BACKEND_DISABLE_') for k in os.environ), 'environment set at import'\n"
+        "losses.sinkhorn_penalty(torch.randn(4, 2), torch.randn(4, 2))\n"
+        "import ot\n"
+        "print(os.environ['POT_BACKEND_DISABLE_JAX'], os.environ['POT_BACKEND_DISABLE_CUPY'], os.environ['POT_BACKEND_DISABLE_TENSORFLOW'])\n"
+        "print(','.join(sorted(type(b).__name__ for b in ot.backend.get_backend_list())))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POT_BACKEND_DISABLE_")}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    flags, names = done.stdout.strip().splitlines()[-2:]
+    assert flags == "1 1 1"
+    assert "TorchBackend" in names and not {"JaxBackend", "CupyBackend", "TensorflowBackend"} & set(names.split(","))
 
 
 # --------------------------------------------------------------------------------------------
@@ -441,7 +468,8 @@ def test_sinkhorn_raises_on_an_underflowed_plan(monkeypatch: pytest.MonkeyPatch)
         log = {"res_ab": zero, "res_aa": zero, "res_bb": zero}
         return SimpleNamespace(value=torch.zeros(()), log=log)
 
-    monkeypatch.setattr(losses.ot, "solve_sample", underflowed)
+    sinkhorn_penalty(_cloud(4, 2, 12), _cloud(4, 2, 13))  # the first call imports POT
+    monkeypatch.setattr(sys.modules["ot"], "solve_sample", underflowed)
     with pytest.raises(SIError, match="underflowed"):
         sinkhorn_penalty(_cloud(4, 2, 12) + 5.0, _cloud(4, 2, 13), epsilon=1e-4)
 

@@ -5,7 +5,7 @@
 `train` runs steps until `max_steps`; `train_step` is one step, top to bottom like nanoGPT's
 loop: set the learning rate, generate, score rewards, compute advantages, then for each of
 `num_iterations` updates run the micro-batches (loss terms, backward), clip, step; finally
-log, warn and checkpoint. The loss formulas are in `losses.py`, the micro-batch assembly in
+log, warn and checkpoint. The loss formulas are in `losses/`, the micro-batch assembly in
 `terms.py`, loading and resume in `session.py`, checkpoints in `checkpoint.py`.
 
 A step's global batch is `prompts_per_step` prompts × `num_generations` completions. Under
