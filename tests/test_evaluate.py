@@ -15,20 +15,22 @@ from si_toolkit.cli.confirm import eval_command
 from si_toolkit.confirm.evaluate import (
     HELDOUT_FRACTION,
     EvalConfig,
-    HarnessConfig,
     benchmark_items,
-    compare_harness,
     compare_items,
     generate_items,
-    harness_item_scores,
-    harness_model_args,
     heldout_split,
     is_heldout,
     read_items,
-    require_harness,
-    run_harness,
     score_response,
     summarize_items,
+)
+from si_toolkit.confirm.harness import (
+    HarnessConfig,
+    compare_harness,
+    harness_item_scores,
+    harness_model_args,
+    require_harness,
+    run_harness,
 )
 from si_toolkit.prompts import Prompt, PromptSet, load_prompts
 

@@ -111,7 +111,7 @@ def _harness_table(report: dict[str, Any]) -> Table:
 def _harness(refs: dict[str, str], harness: str, options: dict[str, Any], folder: Path,
              trust_remote_code: bool) -> dict[str, Any]:
     """Run lm-evaluation-harness on each model with one HarnessConfig; compare A with B if both ran."""
-    from si_toolkit.confirm.evaluate import HarnessConfig, compare_harness, parse_tasks, run_harness
+    from si_toolkit.confirm.harness import HarnessConfig, compare_harness, parse_tasks, run_harness
     from si_toolkit.safeio import atomic_write_text
 
     config = HarnessConfig(tasks=parse_tasks(harness), **options)
@@ -151,7 +151,8 @@ def eval_command(
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """Accuracy and format rate on held-out arithmetic problems; with --compare, A − B item by item."""
-    from si_toolkit.confirm.evaluate import EvalConfig, compare_items, read_items, require_harness
+    from si_toolkit.confirm.evaluate import EvalConfig, compare_items, read_items
+    from si_toolkit.confirm.harness import require_harness
     from si_toolkit.safeio import atomic_write_json
 
     try:
