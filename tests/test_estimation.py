@@ -113,7 +113,7 @@ def test_headline_numbers_come_from_the_estimators(run: Any) -> None:
 def test_identical_variants_estimate_zero(run: Any) -> None:
     null = run[3]["sets"]["null"]
     assert null["si"] == 0.0 and null["si_ci"] == [0.0, 0.0]  # CI covers 0 (invariant 2)
-    assert null["accuracy"] == 0.0  # every response ties: a miss
+    assert null["accuracy"] == 0.5 and null["accuracy_ci"] == [0.5, 0.5]  # every response ties: 1/K
     assert null["cot_share"] is None and null["cot_share_ci"] is None  # 0 / 0 is undefined
     assert null["format_rate"] == 1.0 and null["per_principle"] == []
 

@@ -13,7 +13,8 @@ estimate is the mean over prompts and its CI a prompt-level (cluster) bootstrap 
 
 Modules (private; import the names from ``si_toolkit.estimators``): ``_bounds`` (critics,
 posteriors, MI bounds, accuracy, SI; §3-4), ``_bootstrap`` (CIs, CoT share; §4-5),
-``_compare`` (paired comparison; §5), ``_ranking`` (ranking with ties; §5).
+``_compare`` (paired comparison with its test-inversion p-value; §5), ``_ranking`` (ranking
+with ties, rank intervals; §5), ``_correlation`` (Spearman with CI, split-half reliability; §5).
 """
 
 from si_toolkit.estimators._bootstrap import Interval, Ratio, bootstrap_ci, bootstrap_mean_ci, cot_share
@@ -22,6 +23,7 @@ from si_toolkit.estimators._bounds import (
     accuracy_per_prompt,
     confusion_matrix,
     critic_scores,
+    identification_credit,
     identification_hits,
     log_posterior,
     log_posterior_true,
@@ -35,25 +37,42 @@ from si_toolkit.estimators._bounds import (
     restrict_variants,
     si_per_prompt,
 )
-from si_toolkit.estimators._compare import PairedComparison, paired_comparison
-from si_toolkit.estimators._ranking import RankEntry, rank_sets
-from si_toolkit.estimators._types import DEFAULT_CONFIDENCE, DEFAULT_N_RESAMPLES, MIN_MI_NATS
+from si_toolkit.estimators._compare import PairedComparison, p_value_floor, paired_comparison
+from si_toolkit.estimators._correlation import (
+    DEFAULT_N_SPLITS,
+    RELIABLE,
+    UNRELIABLE,
+    SplitHalfReliability,
+    describe_reliability,
+    spearman_with_ci,
+    split_half_reliability,
+)
+from si_toolkit.estimators._ranking import RankEntry, RankUncertainty, rank_sets, rank_uncertainty
+from si_toolkit.estimators._types import DEFAULT_CONFIDENCE, DEFAULT_N_RESAMPLES, MIN_MI_NATS, MIN_PROMPTS
 
 __all__ = [
     "CRITICS",
     "DEFAULT_CONFIDENCE",
     "DEFAULT_N_RESAMPLES",
+    "DEFAULT_N_SPLITS",
     "MIN_MI_NATS",
+    "MIN_PROMPTS",
+    "RELIABLE",
+    "UNRELIABLE",
     "Interval",
     "PairedComparison",
     "RankEntry",
+    "RankUncertainty",
     "Ratio",
+    "SplitHalfReliability",
     "accuracy_per_prompt",
     "bootstrap_ci",
     "bootstrap_mean_ci",
     "confusion_matrix",
     "cot_share",
     "critic_scores",
+    "describe_reliability",
+    "identification_credit",
     "identification_hits",
     "log_posterior",
     "log_posterior_true",
@@ -61,11 +80,15 @@ __all__ = [
     "mi_row_per_prompt",
     "mi_sym_per_prompt",
     "nats_to_bits",
+    "p_value_floor",
     "paired_comparison",
     "per_principle_si_per_prompt",
     "per_variant_accuracy",
     "per_variant_si_per_prompt",
     "rank_sets",
+    "rank_uncertainty",
     "restrict_variants",
     "si_per_prompt",
+    "spearman_with_ci",
+    "split_half_reliability",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -113,37 +114,73 @@ def mi_sym_per_prompt(L: FloatArray) -> FloatArray:
     return out
 
 
-def identification_hits(L: FloatArray) -> BoolArray:
-    """hit[x, j, r] = (argmax_i L[x, i, j, r] is unique and equals j); ties are misses (§3).
-
-    L: (n, K, K, R). Returns (n, K, R) bool.
-    """
+def _argmax_ties(L: FloatArray) -> tuple[BoolArray, IntArray]:
+    """(true_in_max, size), each (n, K, R): is j among argmax_i L[x, i, j, r], and how many i are."""
     arr = _check_scores(L)
-    k = arr.shape[1]
-    idx = np.arange(k)
-    true = arr[:, idx, idx, :]  # (n, K, R)
-    others = arr.copy()
-    others[:, idx, idx, :] = -np.inf  # mask the true condition, keep the K − 1 others
-    out: BoolArray = true > others.max(axis=1)
+    idx = np.arange(arr.shape[1])
+    is_max = arr == arr.max(axis=1, keepdims=True)  # (n, K_i, K_j, R): condition i attains the max
+    return is_max[:, idx, idx, :], is_max.sum(axis=1)
+
+
+def identification_credit(L: FloatArray) -> FloatArray:
+    """credit[x, j, r] = 1[j ∈ argmax_i L[x, i, j, r]] / |argmax_i L[x, i, j, r]|  (SI-SPEC §3).
+
+    A response is credited 1 when its true condition alone scores highest, 1/m when it ties
+    with m − 1 others for the highest score, and 0 otherwise; so identical variants earn
+    exactly 1/K per response (chance), never 0. L: (n, K, K, R). Returns (n, K, R) in [0, 1].
+    """
+    true_in_max, size = _argmax_ties(L)
+    out: FloatArray = true_in_max / size
     return out
+
+
+def identification_hits(L: FloatArray) -> BoolArray:
+    """hit[x, j, r] = the true condition j alone scores highest (credit 1; ties are not hits).
+
+    L: (n, K, K, R). Returns (n, K, R) bool. Accuracy counts ties as shares
+    (`identification_credit`), not as misses.
+    """
+    true_in_max, size = _argmax_ties(L)
+    out: BoolArray = true_in_max & (size == 1)
+    return out
+
+
+def _credit_means(true_in_max: BoolArray, size: IntArray) -> FloatArray:
+    """Row means of true_in_max / size, (rows, N) -> (rows,), in exact rational arithmetic.
+
+    Σ 1/m is summed over a common denominator, so the mean is the correctly rounded exact
+    value whatever the order of the responses (a float sum of credits like 1/3 is not), and
+    identical variants give exactly 1/K (SI-SPEC §6.4).
+    """
+    rows, count = true_in_max.shape
+    sizes = sorted({int(m) for m in np.unique(size[true_in_max])})
+    denominator = math.lcm(*sizes) if sizes else 1
+    numerators = [0] * rows
+    for m in sizes:
+        per_row = np.count_nonzero(true_in_max & (size == m), axis=1).tolist()
+        numerators = [total + c * (denominator // m) for total, c in zip(numerators, per_row, strict=True)]
+    return np.array([float(Fraction(v, denominator * count)) for v in numerators], dtype=np.float64)
 
 
 def accuracy_per_prompt(L: FloatArray) -> FloatArray:
-    """Identification accuracy per prompt: mean_{j,r} hit[x, j, r]  (SI-SPEC §3); chance 1/K.
+    """Identification accuracy per prompt: mean_{j,r} credit[x, j, r]  (SI-SPEC §3); chance 1/K.
 
-    L: (n, K, K, R). Returns (n,) fractions in [0, 1].
+    Ties are shared (`identification_credit`). L: (n, K, K, R). Returns (n,) fractions in [0, 1].
     """
-    out: FloatArray = identification_hits(L).mean(axis=(1, 2))
-    return out
+    true_in_max, size = _argmax_ties(L)
+    n = true_in_max.shape[0]
+    return _credit_means(true_in_max.reshape(n, -1), size.reshape(n, -1))
 
 
 def per_variant_accuracy(L: FloatArray) -> FloatArray:
-    """Accuracy of responses sampled under each variant j: mean_{x,r} hit[x, j, r].
+    """Accuracy of responses sampled under each variant j: mean_{x,r} credit[x, j, r].
 
     L: (n, K, K, R). Returns (K,) fractions in [0, 1].
     """
-    out: FloatArray = identification_hits(L).mean(axis=(0, 2))
-    return out
+    true_in_max, size = _argmax_ties(L)
+    true_in_max, size = np.moveaxis(true_in_max, 1, 0), np.moveaxis(size, 1, 0)  # (K, n, R)
+    k = true_in_max.shape[0]
+    return _credit_means(true_in_max.reshape(k, -1), size.reshape(k, -1))
 
 
 def confusion_matrix(L: FloatArray) -> FloatArray:

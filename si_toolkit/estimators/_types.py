@@ -22,6 +22,9 @@ DEFAULT_CONFIDENCE = 0.95  # SI-SPEC §5
 # Below this (nats) a mean MI is floating-point zero or noise-negative, so a ratio of it
 # (the CoT share) is undefined rather than huge.
 MIN_MI_NATS = 1e-9
+# SI-SPEC §5: below this many prompts the few-prompts flag is raised and no p-value finer
+# than 1/n is reported.
+MIN_PROMPTS = 20
 _MAX_CELLS_NAMED = 5  # how many offending cells an error message lists
 
 
