@@ -211,6 +211,15 @@ def test_cot_share_undefined_when_full_mi_is_zero() -> None:
     assert share.value is None and share.ci.low is None
 
 
+def test_cot_share_undefined_when_the_answer_span_is_empty() -> None:
+    # An empty answer span scores 0 under every condition, so L_full = L_cot and the per-prompt
+    # MI of both spans are equal: the share would read 1 [1, 1] with no answer to compare to.
+    mi = np.array([0.2, 0.5, 0.1, 0.4])
+    share = est.cot_share(mi, mi.copy())
+    assert share.value is None and share.ci == est.Interval(None, None, "undefined")
+    assert est.cot_share(mi, mi + 1e-3, n_resamples=200).value == pytest.approx(1.2 / 1.204)
+
+
 def test_constant_ratio_falls_back_to_percentile() -> None:
     # Every resample has ratio 0.5, so BCa's bias correction is undefined.
     full = np.array([0.2, 0.4, 0.9, 1.3])

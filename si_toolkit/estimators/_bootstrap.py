@@ -282,13 +282,15 @@ def cot_share(
 
     mi_cot, mi_full: (n,) per-prompt MI in nats on the same prompts. A ratio of means (not a
     mean of ratios, which per-prompt MI near 0 would blow up), with a paired bootstrap CI.
-    Undefined (None) when the mean full-span MI is below MIN_MI_NATS.
+    Undefined (None) when the mean full-span MI is below MIN_MI_NATS, and when mi_full equals
+    mi_cot on every prompt: the answer span is then empty (L_full = L_cot + 0), so the "share"
+    would read 1 [1, 1] although there is no answer to compare the reasoning with.
     """
     cot = np.asarray(mi_cot, dtype=np.float64)
     full = np.asarray(mi_full, dtype=np.float64)
     if cot.shape != full.shape or cot.ndim != 1:
         raise ValueError(f"mi_cot {cot.shape} and mi_full {full.shape} must be (n,) of one length")
-    if full.size == 0 or float(full.mean()) < MIN_MI_NATS:
+    if full.size == 0 or float(full.mean()) < MIN_MI_NATS or np.array_equal(cot, full):
         return Ratio(None, _UNDEFINED)
     ci = bootstrap_ci(
         [cot, full], _ratio_of_means, n_resamples=n_resamples, confidence=confidence, seed=seed
