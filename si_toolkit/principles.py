@@ -14,7 +14,10 @@ A principle set file looks like this::
 In `antithesis` mode each principle also has an `antithesis`, and `design` is `one-flip`
 (default: the all-positive constitution plus one variant per flipped principle, K = m + 1)
 or `factorial` (all 2^m combinations, m <= 6). An optional `preamble` is put before the
-numbered principles of every variant.
+numbered principles of every variant. An optional `role` marks a control set:
+`null-control` (variants that cannot differ, expected SI 0) or `positive-control` (variants
+built to be told apart, expected SI high); the report flags a control that behaves against
+its role.
 """
 
 from __future__ import annotations
@@ -37,14 +40,16 @@ __all__ = [
     "principle_set_from_mapping",
     "MAX_FACTORIAL_PRINCIPLES",
     "MAX_TEXT_CHARS",
+    "ROLES",
 ]
 
 MODES = ("alternatives", "antithesis")
 DESIGNS = ("one-flip", "factorial")
+ROLES = ("null-control", "positive-control")
 MAX_FACTORIAL_PRINCIPLES = 6  # 2^6 = 64 variants; K^2 scoring cost beyond that is unreasonable
 MAX_TEXT_CHARS = 20_000  # one principle's text; longer text is almost surely a mistake
 MAX_FILE_BYTES = 1_000_000
-_TOP_KEYS = {"name", "description", "mode", "design", "preamble", "principles"}
+_TOP_KEYS = {"name", "description", "mode", "design", "preamble", "principles", "role"}
 _PRINCIPLE_KEYS = {"id", "text", "antithesis", "label"}
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -82,6 +87,7 @@ class PrincipleSet:
     principles: tuple[Principle, ...]
     variants: tuple[Variant, ...]
     preamble: str = ""
+    role: str | None = None  # "null-control", "positive-control", or None for an ordinary set
 
     @classmethod
     def from_yaml(cls, path: Path | str) -> PrincipleSet:
@@ -111,6 +117,8 @@ class PrincipleSet:
             data["design"] = self.design
         if self.preamble:
             data["preamble"] = self.preamble
+        if self.role is not None:
+            data["role"] = self.role
         data["principles"] = [
             {"id": p.id, "text": p.text, **({"antithesis": p.antithesis} if p.antithesis is not None else {})}
             for p in self.principles
@@ -181,6 +189,12 @@ def principle_set_from_mapping(data: dict[str, Any], *, where: str, default_name
     elif "design" in data:
         raise SIError(f"{where}: field 'design' only applies to mode: antithesis; remove it")
     preamble = _optional_text(data, "preamble", where)
+    role = data.get("role")
+    if role is not None and role not in ROLES:
+        raise SIError(
+            f"{where}: field 'role' = {role!r} is not one of {list(ROLES)}; "
+            "remove it for an ordinary set"
+        )
     variants = (
         _alternative_variants(principles, preamble)
         if mode == "alternatives"
@@ -195,6 +209,7 @@ def principle_set_from_mapping(data: dict[str, Any], *, where: str, default_name
         principles=tuple(principles),
         variants=tuple(variants),
         preamble=preamble,
+        role=role,
     )
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from si_toolkit.confirm.confirm import ConfirmConfig, select_sets, spearman_with_ci
 from si_toolkit.confirm.analysis import verdict
+from si_toolkit.confirm.confirm import ConfirmConfig, select_sets
+from si_toolkit.estimators import spearman_with_ci
 from si_toolkit.errors import SIError
 
 RANKING = [{"set": s, "rank": r} for r, s in enumerate(["a", "b", "c", "d", "e"], start=1)]

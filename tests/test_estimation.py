@@ -23,7 +23,9 @@ SET_KEYS = {
     "cot_share_ci", "format_rate", "per_principle", "per_variant", "confusion", "spans", "per_prompt_si",
 }
 SUMMARY_KEYS = {"mi_col_nats", "mi_row_nats", "mi_sym_nats", "accuracy", "si"}
-RANK_KEYS = {"rank", "set", "si", "si_ci", "delta_to_leader", "delta_ci", "p_value", "tied_with_leader"}
+RANK_KEYS = {"rank", "set", "si", "si_ci", "delta_to_leader", "delta_ci", "p_value", "p_floor", "p_at_floor",
+             "tied_with_leader", "rank_interval", "p_rank1"}
+RELIABILITY_KEYS = {"rho", "rho_sb", "n_prompts", "n_sets", "n_splits", "level", "reading"}
 
 
 def channel_scores(p_y_given_c: np.ndarray, n: int, r: int, rng: np.random.Generator) -> np.ndarray:
@@ -76,7 +78,8 @@ def run() -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any], dict[str, Any]]:
 def test_structure_matches_the_run_folder_schema(run: Any) -> None:
     _, _, _, out = run
     json.dumps(out, allow_nan=False)  # plain JSON: no numpy scalars, no NaN
-    assert set(out) == {"schema", "settings", "sets", "ranking"}
+    assert set(out) == {"schema", "settings", "sets", "ranking", "reliability"}
+    assert set(out["reliability"]) == RELIABILITY_KEYS
     assert out["settings"] == {"span": "cot", "critic": "sum", "n_bootstrap": N_BOOT,
                                "confidence": 0.95, "seed": 0}
     for entry in out["sets"].values():
@@ -113,7 +116,7 @@ def test_headline_numbers_come_from_the_estimators(run: Any) -> None:
 def test_identical_variants_estimate_zero(run: Any) -> None:
     null = run[3]["sets"]["null"]
     assert null["si"] == 0.0 and null["si_ci"] == [0.0, 0.0]  # CI covers 0 (invariant 2)
-    assert null["accuracy"] == 0.0  # every response ties: a miss
+    assert null["accuracy"] == 0.5 and null["accuracy_ci"] == [0.5, 0.5]  # every response ties: 1/K
     assert null["cot_share"] is None and null["cot_share_ci"] is None  # 0 / 0 is undefined
     assert null["format_rate"] == 1.0 and null["per_principle"] == []
 
@@ -126,6 +129,38 @@ def test_ranking_puts_the_informative_set_first(run: Any) -> None:
     assert other["delta_to_leader"] < 0 and other["delta_ci"][1] < 0 and not other["tied_with_leader"]
     visible = run[3]["sets"]["visible"]
     assert leader["si"] == visible["si"] and leader["si_ci"] == visible["si_ci"]
+    # 24 prompts: no 1/n floor, only the bootstrap's resolution 1/B; the CI excludes 0, so p < 0.05.
+    assert other["p_floor"] == pytest.approx(1 / N_BOOT) and other["p_value"] < 0.05
+    assert leader["rank_interval"] == [1, 1] and other["rank_interval"] == [2, 2]
+    assert leader["p_rank1"] == 1.0 and other["p_rank1"] == 0.0
+
+
+def test_rank_uncertainty_and_reliability_come_from_the_estimators(run: Any) -> None:
+    _, _, _, out = run
+    per_prompt = {name: out["sets"][name]["per_prompt_si"] for name in ("visible", "null")}
+    ids = sorted(per_prompt["visible"])
+    matrix = np.array([[per_prompt[name][p] for p in ids] for name in ("visible", "null")])
+    ranks = est.rank_uncertainty(matrix, n_resamples=N_BOOT, seed=0)
+    assert [row["rank_interval"] for row in out["ranking"]] == [list(iv) for iv in ranks.rank_interval]
+    assert [row["p_rank1"] for row in out["ranking"]] == list(ranks.p_rank1)
+    # Two sets: a split-half Spearman ρ between two values is ±1 by construction, so undefined.
+    rel = out["reliability"]
+    assert rel["rho_sb"] is None and rel["level"] == "undefined" and "at least 3 sets" in rel["reading"]
+
+
+def test_reliability_of_three_sets_and_a_few_prompts_floor() -> None:
+    scores, samples, meta = make_run(n=8, r=1)
+    third = scores[scores["set"] == "visible"].assign(set="visible-2")
+    out = estimate_run(pd.concat([scores, third]), None, dict(meta, **{"visible-2": meta["visible"]}),
+                       n_bootstrap=N_BOOT)
+    rel = out["reliability"]
+    assert rel["n_sets"] == 3 and rel["n_prompts"] == 8 and rel["reading"].startswith("With 8 prompts")
+    # visible and its copy tie exactly in every half; the null set is below both.
+    assert rel["rho"] == pytest.approx(est.split_half_reliability(np.array(
+        [[out["sets"][n]["per_prompt_si"][p] for p in sorted(out["sets"][n]["per_prompt_si"])]
+         for n in ("visible", "null", "visible-2")]), seed=0).rho)
+    below = next(row for row in out["ranking"] if row["set"] == "null")
+    assert below["p_floor"] == 1 / 8 and below["p_value"] >= 1 / 8  # 8 prompts resolve no finer p
 
 
 def test_invariant_1_permuting_labels_in_the_tables(run: Any) -> None:
@@ -207,3 +242,19 @@ def test_sets_must_cover_the_run_prompts_when_given() -> None:
     assert out["sets"]["visible"]["n_prompts"] == 3
     with pytest.raises(SIError, match=r"set 'visible' do not cover.*missing \['q-003'\]"):
         estimate_run(scores, None, meta, n_bootstrap=N_BOOT, prompt_ids=[*ids, "q-003"])
+
+
+def test_cot_share_is_undefined_when_no_response_has_an_answer() -> None:
+    # Every response ran out of tokens inside its CoT: the answer span is empty (0 tokens, 0 nats),
+    # so L_full = L_cot and "CoT share 1.00 [1.00, 1.00]" would be a tautology, not a finding.
+    rng = np.random.default_rng(4)
+    ids = [f"q-{x:03d}" for x in range(10)]
+    channel = np.array([[0.7, 0.3], [0.2, 0.8]])
+    cot = channel_scores(channel, 10, 1, rng)
+    rows = set_rows("cut", cot, np.zeros_like(cot), ids, rng)
+    for row in rows:
+        if row["span"] == "answer":
+            row["n_tokens"] = 0
+    meta = {"cut": {"mode": "alternatives", "K": 2, "variant_labels": ["a", "b"], "principle_pairs": []}}
+    entry = estimate_run(pd.DataFrame(rows), None, meta, n_bootstrap=N_BOOT)["sets"]["cut"]
+    assert entry["si"] > 0 and entry["cot_share"] is None and entry["cot_share_ci"] is None

@@ -76,9 +76,12 @@ def test_hand_worked_column_row_and_accuracy() -> None:
     r0, r1 = -math.log(1 + math.exp(-2)), -math.log(1 + math.e)
     assert est.mi_row_per_prompt(L)[0] == pytest.approx(LOG2 + (r0 + r1) / 2)
     assert est.mi_sym_per_prompt(L)[0] == pytest.approx((LOG2 + (r0 + r1) / 2 + LOG2 + (l0 + l1) / 2) / 2)
-    # Response (0,0) is identified (-1 > -2); response (1,0) is a tie, which counts as a miss.
-    assert est.accuracy_per_prompt(L)[0] == 0.5
-    assert est.per_variant_accuracy(L).tolist() == [1.0, 0.0]
+    # Response (0,0) is identified (-1 > -2): credit 1. Response (1,0) ties between the 2
+    # conditions (-3 = -3): credit 1/2. Accuracy = (1 + 1/2) / 2 = 0.75.
+    assert est.identification_credit(L)[0, :, 0].tolist() == [1.0, 0.5]
+    assert est.identification_hits(L)[0, :, 0].tolist() == [True, False]
+    assert est.accuracy_per_prompt(L)[0] == 0.75
+    assert est.per_variant_accuracy(L).tolist() == [1.0, 0.5]
     assert est.si_per_prompt(L)[0] == pytest.approx((LOG2 + (l0 + l1) / 2) / LOG2)
     # Per-variant SI: variant 0 → (log 2 + ℓ0)/log 2; variant 1 → (log 2 - log 2)/log 2 = 0.
     assert est.per_variant_si_per_prompt(L)[0] == pytest.approx([(LOG2 + l0) / LOG2, 0.0])
@@ -117,7 +120,7 @@ def test_invariant_1_permuting_variant_labels(L: np.ndarray, seed: int) -> None:
     P = L[:, perm][:, :, perm]  # relabel conditions and variants consistently
     for f in (est.mi_col_per_prompt, est.mi_row_per_prompt, est.mi_sym_per_prompt, est.si_per_prompt):
         np.testing.assert_allclose(f(P), f(L), rtol=1e-9, atol=1e-9)
-    np.testing.assert_array_equal(est.accuracy_per_prompt(P), est.accuracy_per_prompt(L))
+    np.testing.assert_array_equal(est.accuracy_per_prompt(P), est.accuracy_per_prompt(L))  # exact sums
     np.testing.assert_allclose(est.confusion_matrix(P), est.confusion_matrix(L)[perm][:, perm], atol=1e-12)
     np.testing.assert_allclose(est.per_variant_si_per_prompt(P), est.per_variant_si_per_prompt(L)[:, perm],
                                atol=1e-9)
@@ -155,7 +158,7 @@ def test_invariant_2_identical_variants_give_zero() -> None:
     assert (mi == 0.0).all()
     ci = est.bootstrap_mean_ci(mi, seed=0)
     assert ci.contains(0.0)
-    assert (est.accuracy_per_prompt(L) == 0.0).all()  # every response is a 3-way tie
+    assert (est.accuracy_per_prompt(L) == 1 / 3).all()  # every response is a 3-way tie: 1/3 each
 
 
 def test_invariant_3_known_channel_converges_within_ci() -> None:
@@ -206,6 +209,15 @@ def test_cot_share_is_a_ratio_of_means() -> None:
 def test_cot_share_undefined_when_full_mi_is_zero() -> None:
     share = est.cot_share(np.zeros(5), np.zeros(5))
     assert share.value is None and share.ci.low is None
+
+
+def test_cot_share_undefined_when_the_answer_span_is_empty() -> None:
+    # An empty answer span scores 0 under every condition, so L_full = L_cot and the per-prompt
+    # MI of both spans are equal: the share would read 1 [1, 1] with no answer to compare to.
+    mi = np.array([0.2, 0.5, 0.1, 0.4])
+    share = est.cot_share(mi, mi.copy())
+    assert share.value is None and share.ci == est.Interval(None, None, "undefined")
+    assert est.cot_share(mi, mi + 1e-3, n_resamples=200).value == pytest.approx(1.2 / 1.204)
 
 
 def test_constant_ratio_falls_back_to_percentile() -> None:
@@ -318,3 +330,207 @@ def test_non_finite_scores_are_refused_with_their_cells(bad: float) -> None:
 def test_fewer_than_two_variants_is_refused() -> None:
     with pytest.raises(SIError, match="K >= 2"):
         est.mi_col_per_prompt(np.zeros((2, 1, 1, 1)))
+
+
+# ---------------------------------------------------------------- identification ties (§3)
+
+
+def test_a_tie_among_m_conditions_earns_one_over_m() -> None:
+    # K = 4, one response per variant. Column j lists L[i, j] over conditions i = 0..3.
+    L = np.zeros((1, 4, 4, 1))
+    L[0, :, 0, 0] = [-1.0, -1.0, -1.0, -5.0]  # true 0 ties with 1 and 2: credit 1/3
+    L[0, :, 1, 0] = [-2.0, -1.0, -1.0, -3.0]  # true 1 ties with 2: credit 1/2
+    L[0, :, 2, 0] = [-1.0, -1.0, -2.0, -3.0]  # max {0, 1} tie, true 2 not in it: credit 0
+    L[0, :, 3, 0] = [-9.0, -9.0, -9.0, -1.0]  # true 3 alone: credit 1
+    np.testing.assert_array_equal(est.identification_credit(L)[0, :, 0], [1 / 3, 1 / 2, 0.0, 1.0])
+    assert est.accuracy_per_prompt(L)[0] == pytest.approx((1 / 3 + 1 / 2 + 0 + 1) / 4)
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 5), k=st.integers(2, 6), r=st.integers(1, 3), seed=st.integers(0, 2**32 - 1))
+def test_identical_variants_give_exactly_chance_accuracy(n: int, k: int, r: int, seed: int) -> None:
+    per_response = np.random.default_rng(seed).uniform(-200, -1, size=(n, 1, k, r))
+    L = np.repeat(per_response, k, axis=1)  # every condition gives each response the same score
+    assert (est.accuracy_per_prompt(L) == 1 / k).all()
+    assert (est.per_variant_accuracy(L) == 1 / k).all()
+
+
+# ---------------------------------------------------------------- p-value by test inversion (§5)
+
+
+def _random_differences(rng: np.random.Generator, n: int) -> np.ndarray:
+    kind = rng.integers(3)
+    shift = rng.normal(0, 0.3)
+    if kind == 0:
+        return rng.normal(shift, 1.0, n)
+    if kind == 1:
+        return rng.exponential(1.0, n) - 1.0 + shift  # skewed: BCa differs from percentile
+    return rng.choice([-1.0, 0.0, 0.5, 2.0], n) + shift  # ties in the bootstrap distribution
+
+
+def test_p_value_and_ci_agree_over_random_inputs() -> None:
+    # SI-SPEC §5: "CI excludes 0" ⇔ p < 1 − confidence, at every level, for n ≥ 20 (no 1/n floor).
+    rng = np.random.default_rng(20)
+    checked = {True: 0, False: 0}
+    for case in range(150):
+        n = int(rng.integers(20, 60))
+        d = _random_differences(rng, n)
+        for confidence in (0.8, 0.9, 0.95, 0.99):
+            cmp = est.paired_comparison(d, np.zeros(n), n_resamples=500, confidence=confidence, seed=case)
+            assert cmp.p_value is not None
+            excludes = not cmp.ci.contains(0.0)
+            assert excludes == (cmp.p_value < 1 - confidence), (case, confidence, cmp)
+            checked[excludes] += 1
+    assert min(checked.values()) > 50  # both outcomes were exercised
+
+
+def test_p_value_is_the_level_where_the_interval_reaches_zero() -> None:
+    # Bisect on the confidence level with the CI alone; the boundary must be 1 − p.
+    rng = np.random.default_rng(8)
+    for seed in range(6):
+        d = rng.exponential(1.0, 30) - 0.75
+        p = est.paired_comparison(d, np.zeros(30), n_resamples=800, seed=seed).p_value
+        assert p is not None and 1 / 800 < p < 1
+
+        def excludes(confidence: float) -> bool:
+            ci = est.paired_comparison(d, np.zeros(30), n_resamples=800, confidence=confidence, seed=seed).ci
+            return not ci.contains(0.0)
+
+        low, high = 1e-6, 1 - 1e-6  # excludes(low) is True, excludes(high) is False
+        for _ in range(40):
+            mid = (low + high) / 2
+            low, high = (mid, high) if excludes(mid) else (low, mid)
+        assert 1 - low == pytest.approx(p, abs=1e-6)
+
+
+def test_p_value_floor_below_twenty_prompts() -> None:
+    # Four prompts that all favour a: the interval excludes 0, but 4 prompts cannot resolve
+    # p below 1/4, so p is reported at the floor, flagged as such ("p ≤ 0.25").
+    a, b = np.array([0.9, 0.8, 0.7, 0.95]), np.array([0.1, 0.2, 0.15, 0.05])
+    cmp = est.paired_comparison(a, b, n_resamples=1000)
+    assert cmp.ci.low is not None and cmp.ci.low > 0
+    assert cmp.p_floor == 0.25 and cmp.p_value == 0.25 and cmp.p_at_floor
+    assert est.p_value_floor(4, 1000) == 0.25
+    assert est.p_value_floor(19, 2000) == pytest.approx(1 / 19)
+    assert est.p_value_floor(20, 2000) == pytest.approx(1 / 2000)  # from 20 prompts on: 1/B only
+    rng = np.random.default_rng(3)
+    for seed in range(40):
+        n = int(rng.integers(2, est.MIN_PROMPTS))
+        d = rng.normal(0.2, 1.0, n)
+        cmp = est.paired_comparison(d, np.zeros(n), n_resamples=300, seed=seed)
+        assert cmp.p_value is not None and cmp.p_value >= 1 / n
+        if cmp.ci.contains(0.0):
+            assert cmp.p_value >= 0.05 and not (cmp.p_at_floor and cmp.p_floor < 0.05)
+        else:
+            assert cmp.p_value < 0.05 or cmp.p_at_floor
+
+
+def test_constant_differences() -> None:
+    cmp = est.paired_comparison(np.full(25, 0.3), np.full(25, 0.1), n_resamples=400)
+    assert cmp.ci == est.Interval(pytest.approx(0.2), pytest.approx(0.2), "constant")
+    assert cmp.p_value == 1 / 400 and cmp.p_at_floor  # every resample excludes 0
+
+
+# ---------------------------------------------------------------- rank uncertainty (§5)
+
+
+def test_rank_intervals_hand_worked() -> None:
+    # Two prompts. Set a = (1, 0), set b = (0.4, 0.4). A resample of 2 prompts gives a the mean
+    # 1 (p = 1/4), 0.5 (p = 1/2) or 0 (p = 1/4); b is always 0.4, so a ranks first with
+    # probability 3/4 and either set can rank 1 or 2.
+    res = est.rank_uncertainty(np.array([[1.0, 0.0], [0.4, 0.4]]), n_resamples=4000, seed=1)
+    assert res.p_rank1[0] == pytest.approx(0.75, abs=0.03)
+    assert res.p_rank1[1] == pytest.approx(0.25, abs=0.03)
+    assert res.rank_interval == ((1, 2), (1, 2)) and res.decided == (False, False)
+
+
+def test_rank_intervals_of_well_separated_sets_are_single_ranks() -> None:
+    rng = np.random.default_rng(1)
+    means = np.array([0.5, 0.9, 0.1, 0.3])  # input order is kept: ranks 2, 1, 4, 3
+    res = est.rank_uncertainty(means[:, None] + rng.normal(0, 0.1, (4, 30)))
+    assert res.rank_interval == ((2, 2), (1, 1), (4, 4), (3, 3))
+    assert res.p_rank1 == (0.0, 1.0, 0.0, 0.0) and all(res.decided)
+    assert res.n_prompts == 30 and res.n_resamples == est.DEFAULT_N_RESAMPLES
+
+
+def equal_sets() -> np.ndarray:
+    """4 sets with the same true SI (0.3) and independent prompt noise, 30 prompts."""
+    return np.random.default_rng(2).normal(0.3, 0.3, (4, 30))
+
+
+def test_rank_intervals_of_equal_sets_span_the_ranking() -> None:
+    res = est.rank_uncertainty(equal_sets(), seed=5)
+    assert not any(res.decided)
+    assert sum(hi - lo for lo, hi in res.rank_interval) >= 8  # of at most 4 x 3
+    assert sum(p for p in res.p_rank1 if p is not None) == pytest.approx(1.0)  # no exact ties
+    assert max(p for p in res.p_rank1 if p is not None) < 0.9
+
+
+def test_rank_uncertainty_is_seeded_ties_share_rank_one_and_one_prompt_is_undecided() -> None:
+    x = equal_sets()
+    assert est.rank_uncertainty(x, seed=3) == est.rank_uncertainty(x, seed=3)
+    assert est.rank_uncertainty(x, seed=3) != est.rank_uncertainty(x, seed=4)
+    twins = est.rank_uncertainty(np.vstack([x[0], x[0]]))  # identical sets tie in every resample
+    assert twins.p_rank1 == (1.0, 1.0) and twins.rank_interval == ((1, 1), (1, 1))
+    one = est.rank_uncertainty(x[:, :1])
+    assert one.rank_interval == ((1, 4),) * 4 and one.p_rank1 == (None,) * 4
+    with pytest.raises(SIError, match="confidence"):
+        est.rank_uncertainty(x, confidence=1.5)
+
+
+# ---------------------------------------------------------------- split-half reliability (§5)
+
+
+def test_split_half_reliability_of_separated_sets_is_high() -> None:
+    rng = np.random.default_rng(4)
+    x = np.array([0.9, 0.7, 0.5, 0.3, 0.1])[:, None] + rng.normal(0, 0.2, (5, 40))
+    rel = est.split_half_reliability(x, seed=0)
+    assert rel.rho is not None and rel.rho_sb is not None
+    assert rel.rho_sb > 0.95 and rel.level == "reliable"
+    assert rel.rho_sb == pytest.approx(2 * rel.rho / (1 + rel.rho))  # Spearman–Brown
+    assert (rel.n_prompts, rel.n_sets, rel.n_splits) == (40, 5, est.DEFAULT_N_SPLITS)
+
+
+def test_split_half_reliability_of_equal_sets_is_near_zero() -> None:
+    rhos = [est.split_half_reliability(np.random.default_rng(s).normal(0.3, 0.3, (6, 40)), seed=s).rho
+            for s in range(20)]
+    assert all(r is not None for r in rhos)
+    assert abs(float(np.mean(rhos))) < 0.15
+
+
+def test_split_half_reliability_hand_worked_and_undefined() -> None:
+    # Every prompt orders the 3 sets the same way, so every half does: ρ = 1, ρ_SB = 2/(1+1) = 1.
+    same = np.array([[0.1] * 6, [0.5] * 6, [0.2] * 6]) + np.array([0.0, 0.01, 0.02, 0.0, 0.01, 0.02])
+    assert est.split_half_reliability(same) == est.SplitHalfReliability(1.0, 1.0, 6, 3, est.DEFAULT_N_SPLITS)
+    # Halves that reverse the order: prompts 0-1 rank a > b > c, prompts 2-3 rank c > b > a;
+    # a split is either {0,1}|{2,3} (ρ = −1, 1/3 of splits) or mixed (all three tie: skipped).
+    reverse = np.array([[1.0, 1.0, 0.0, 0.0], [0.5, 0.5, 0.5, 0.5], [0.0, 0.0, 1.0, 1.0]])
+    rel = est.split_half_reliability(reverse, n_splits=300)
+    assert rel.rho == -1.0 and rel.rho_sb == -1.0 and 60 < rel.n_splits < 140 and rel.level == "unreliable"
+    assert est.split_half_reliability(same[:2]).rho is None  # two sets: ρ is ±1 by construction
+    assert est.split_half_reliability(same[:, :3]).rho_sb is None  # three prompts
+    assert est.split_half_reliability(np.zeros((3, 8))).level == "undefined"  # every half ties
+    with pytest.raises(SIError, match="n_splits"):
+        est.split_half_reliability(same, n_splits=0)
+
+
+def test_describe_reliability_reads_the_level() -> None:
+    text = est.describe_reliability(est.SplitHalfReliability(0.26, 0.41, 12, 5, 500))
+    assert text.startswith("With 12 prompts the ordering is unreliable: ρ_SB = 0.41")
+    assert "moderately" in est.describe_reliability(est.SplitHalfReliability(0.5, 0.67, 40, 5, 500))
+    assert "is reliable" in est.describe_reliability(est.SplitHalfReliability(0.8, 0.89, 200, 5, 500))
+    assert "at least 3 sets" in est.describe_reliability(est.SplitHalfReliability(None, None, 12, 2, 0))
+
+
+# ---------------------------------------------------------------- Spearman with CI
+
+
+def test_spearman_perfect_undefined_and_null() -> None:
+    x = np.arange(8.0)
+    perfect = est.spearman_with_ci(x, x**2)
+    assert perfect["rho"] == pytest.approx(1.0) and perfect["ci"][0] > 0.9 and perfect["n"] == 8
+    assert est.spearman_with_ci(x[:2], x[:2])["rho"] is None  # two points: undefined, not 1
+    assert est.spearman_with_ci(np.array([1.0, np.nan, 2.0, 3.0]), np.arange(4.0))["n"] == 3
+    rng = np.random.default_rng(0)
+    null = est.spearman_with_ci(rng.normal(size=12), rng.normal(size=12))
+    assert null["ci"][0] < 0 < null["ci"][1]

@@ -90,11 +90,19 @@ def test_strong_control_variants_differ_sharply() -> None:
     assert len(a) < 200 and len(b) < 200
 
 
+def test_shipped_controls_carry_their_role() -> None:
+    roles = {s.name: s.role for s in load_principle_sets(SHIPPED)}
+    assert roles.pop("null-control") == "null-control"
+    assert roles.pop("strong-control") == "positive-control"
+    assert set(roles.values()) == {None}  # every other shipped set is an ordinary set
+
+
 def test_readme_documents_every_shipped_set() -> None:
     readme = (SHIPPED_DIR / "README.md").read_text(encoding="utf-8")
     for path in SHIPPED:
         assert f"{path.stem}" in readme, path.stem
-    for word in ("mode: alternatives", "mode: antithesis", "design: factorial", "design: one-flip", "preamble"):
+    for word in ("mode: alternatives", "mode: antithesis", "design: factorial", "design: one-flip", "preamble",
+                 "role: null-control", "role: positive-control"):
         assert word in readme
 
 
@@ -246,6 +254,17 @@ def test_empty_principles(tmp_path: Path) -> None:
 def test_unknown_mode(tmp_path: Path) -> None:
     path = _write(tmp_path, _ALT.replace("mode: alternatives", "mode: contrast"))
     _refused(path, "'mode'", "'contrast'", "antithesis")
+
+
+@pytest.mark.parametrize("role", ["null-control", "positive-control"])
+def test_role_is_read(tmp_path: Path, role: str) -> None:
+    assert load_principle_set(_write(tmp_path, _ALT + f"role: {role}\n")).role == role
+    assert load_principle_set(_write(tmp_path, _ALT, "plain.yaml")).role is None
+
+
+@pytest.mark.parametrize("value", ["negative-control", "control", "1", "[null-control]"])
+def test_unknown_role(tmp_path: Path, value: str) -> None:
+    _refused(_write(tmp_path, _ALT + f"role: {value}\n"), "'role'", "null-control", "positive-control")
 
 
 def test_unknown_design(tmp_path: Path) -> None:

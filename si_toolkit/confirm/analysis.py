@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from si_toolkit.estimators import spearman_with_ci
 from si_toolkit.safeio import atomic_write_bytes, atomic_write_text
 
 __all__ = ["analyse", "verdict", "write_confirm_report"]
@@ -31,7 +32,6 @@ OUTCOMES = {
 
 def analyse(config: Any, estimates: dict[str, Any], chosen: list[str], runs: list[dict[str, Any]],
             evals: dict[str, Any], adherence: dict[str, Any], geometry: dict[str, Any]) -> dict[str, Any]:
-    from si_toolkit.confirm.confirm import spearman_with_ci
     from si_toolkit.confirm.evaluate import compare_items
 
     base_items = evals["base"]["items"]

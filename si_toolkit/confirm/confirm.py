@@ -25,13 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from si_toolkit.confirm.analysis import analyse, write_confirm_report
 from si_toolkit.errors import SIError
 from si_toolkit.principles import PrincipleSet, load_principle_sets
 from si_toolkit.safeio import atomic_write_json, atomic_write_text
 
-__all__ = ["ConfirmConfig", "CONFIRM_PROFILES", "run_confirm", "spearman_with_ci", "select_sets"]
+__all__ = ["ConfirmConfig", "CONFIRM_PROFILES", "run_confirm", "select_sets"]
 
 Log = Callable[[str], None]
 
@@ -84,29 +83,6 @@ def select_sets(ranking: list[dict[str, Any]], top: int, bottom: int) -> list[st
     return list(dict.fromkeys(chosen))
 
 
-def spearman_with_ci(x: np.ndarray, y: np.ndarray, *, n_resamples: int = 2000, seed: int = 0) -> dict[str, Any]:
-    """Spearman ρ of (x, y) with a percentile bootstrap CI over the units (sets).
-
-    Fewer than 3 units: ρ is undefined (two points are always perfectly ranked), reported null.
-    """
-    from scipy.stats import spearmanr
-
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    ok = np.isfinite(x) & np.isfinite(y)
-    x, y = x[ok], y[ok]
-    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
-        return {"rho": None, "ci": None, "n": int(len(x))}
-    rho = float(spearmanr(x, y).statistic)
-    rng = np.random.default_rng(seed)
-    boots = []
-    for _ in range(n_resamples):
-        idx = rng.integers(0, len(x), len(x))
-        if np.ptp(x[idx]) > 0 and np.ptp(y[idx]) > 0:
-            boots.append(spearmanr(x[idx], y[idx]).statistic)
-    ci = [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))] if len(boots) > 100 else None
-    return {"rho": rho, "ci": ci, "n": int(len(x))}
-
-
 def run_confirm(files: list[Path], config: ConfirmConfig, out: Path, *, log: Log = print) -> dict[str, Any]:
     """Run every step (resuming finished ones) and write confirm.json / confirm.md / confirm.html."""
     start = time.monotonic()
@@ -124,8 +100,6 @@ def run_confirm(files: list[Path], config: ConfirmConfig, out: Path, *, log: Log
     adherence = _adherence(config, sets, chosen, runs, sizes, heldout_file, out, log)
     geometry = {name: _geometry(config.model, next(r for r in runs if r["set"] == name and r["preset"] == "enigma"),
                                 sets[name], sizes, out, log) for name in chosen}
-    from si_toolkit.confirm.analysis import analyse, write_confirm_report
-
     result = analyse(config, estimates, chosen, runs, evals, adherence, geometry)
     result["seconds"] = round(time.monotonic() - start, 1)
     atomic_write_json(out / "confirm.json", result)

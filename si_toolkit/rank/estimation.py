@@ -184,18 +184,38 @@ def _estimate_set(name: str, scores: pd.DataFrame, samples: pd.DataFrame | None,
     return entry, per_prompt
 
 
+def _common_matrix(si_by_set: Mapping[str, Mapping[str, float]], names: Sequence[str]) -> np.ndarray:
+    """(n_sets, n_common) per-prompt SI on the prompts every set has, rows in `names` order."""
+    common = sorted(set.intersection(*(set(si_by_set[n]) for n in names))) if names else []
+    return np.array([[si_by_set[n][p] for p in common] for n in names], dtype=np.float64).reshape(len(names), -1)
+
+
 def _ranking(si_by_set: dict[str, dict[str, float]], s: _Settings) -> list[dict[str, Any]]:
+    entries = est.rank_sets(si_by_set, n_resamples=s.n_bootstrap, confidence=s.confidence, seed=s.seed)
+    names = [e.name for e in entries]
+    ranks = est.rank_uncertainty(_common_matrix(si_by_set, names), n_resamples=s.n_bootstrap,
+                                 confidence=s.confidence, seed=s.seed) if names else None
     rows = []
-    for e in est.rank_sets(si_by_set, n_resamples=s.n_bootstrap, confidence=s.confidence, seed=s.seed):
+    for n, e in enumerate(entries):
         c = e.comparison
         rows.append({
             "rank": e.rank, "set": e.name, "si": _num(e.si), "si_ci": _interval(e.si_ci),
             "delta_to_leader": None if c is None else _num(c.delta),
             "delta_ci": None if c is None else _interval(c.ci),
             "p_value": None if c is None else _num(c.p_value),
+            "p_floor": None if c is None else _num(c.p_floor),
+            "p_at_floor": None if c is None else c.p_at_floor,
             "tied_with_leader": e.tied_with_leader,
+            "rank_interval": None if ranks is None else list(ranks.rank_interval[n]),
+            "p_rank1": None if ranks is None else _num(ranks.p_rank1[n]),
         })
     return rows
+
+
+def _reliability(si_by_set: dict[str, dict[str, float]], seed: int) -> dict[str, Any]:
+    rel = est.split_half_reliability(_common_matrix(si_by_set, list(si_by_set)), seed=seed)
+    return {"rho": _num(rel.rho), "rho_sb": _num(rel.rho_sb), "n_prompts": rel.n_prompts, "n_sets": rel.n_sets,
+            "n_splits": rel.n_splits, "level": rel.level, "reading": est.describe_reliability(rel)}
 
 
 def estimate_run(
@@ -217,7 +237,11 @@ def estimate_run(
     principle_pairs per set). span/critic pick the headline si/mi_*/accuracy/per-variant/
     per-principle/confusion/ranking numbers; the default cot/sum is SI as SI-SPEC §4 defines it.
     `spans` always holds every span x critic. All values are plain floats/lists; null where
-    undefined (a CI with < 2 prompts, the CoT share when the full-span MI is ~0).
+    undefined (a CI with < 2 prompts, the CoT share when the full-span MI is ~0 or the answer
+    span is empty). The ranking carries, per set, ΔSI = SI(set) − SI(leader) with its paired CI
+    and test-inversion p-value, the rank interval and P(rank 1) from the joint prompt
+    bootstrap (on the prompts every set has); `reliability` is the split-half reliability of
+    the ordering with its one-line reading (SI-SPEC §5).
     prompt_ids: the run's prompts (manifest["prompts"] ids); when given, every set must have
     scores for exactly these, so a set whose scoring stopped early is refused, not estimated
     on fewer prompts.
@@ -242,4 +266,5 @@ def estimate_run(
                      "confidence": confidence, "seed": seed},
         "sets": sets,
         "ranking": _ranking(si_by_set, s),
+        "reliability": _reliability(si_by_set, seed),
     }

@@ -48,7 +48,7 @@ class RankConfig:
 
 def _set_record(s: PrincipleSet) -> dict[str, Any]:
     return {
-        "path": s.path, "mode": s.mode, "design": s.design, "description": s.description, "K": s.K,
+        "path": s.path, "mode": s.mode, "design": s.design, "description": s.description, "role": s.role, "K": s.K,
         "variant_labels": [v.label for v in s.variants], "variant_texts": [v.text for v in s.variants],
         "principle_ids": [p.id for p in s.principles],
         "principle_pairs": [list(pair) for pair in s.principle_pairs()],
