@@ -33,7 +33,7 @@ LAYERS: list[list[str]] = [
     ["models"],
     ["tensors", "estimators", "data"],
     ["safeio"],
-    ["errors", "_version", "__main__"],
+    ["errors", "_version", "_callable", "__main__"],
 ]
 __doc__ = (__doc__ or "") + "\n".join("    " + ", ".join(layer) for layer in LAYERS) + "\n"
 # `python -m si_toolkit` runs the CLI: the entry module sits outside the layers.

@@ -24,22 +24,26 @@ __all__ = [
     "SIError",
 ]
 
-# public name -> the module that defines it
+# Public name -> the module that defines it. `rank`, `train` and `evolve` are their packages,
+# made callable (si_toolkit/_callable.py explains why a plain function would not survive).
+_PACKAGES = {"rank": "si_toolkit.rank", "train": "si_toolkit.train", "evolve": "si_toolkit.evolve"}
 _WHERE = {
-    "rank": "si_toolkit.rank.api", "load_run": "si_toolkit.rank.api", "estimate": "si_toolkit.rank.api",
+    "load_run": "si_toolkit.rank.api", "estimate": "si_toolkit.rank.api",
     "Ranking": "si_toolkit.rank.api", "Run": "si_toolkit.rank.api",
-    "train": "si_toolkit.train.api", "TrainRun": "si_toolkit.train.api",
+    "TrainRun": "si_toolkit.train.api",
     "evaluate": "si_toolkit.confirm.api",
-    "evolve": "si_toolkit.evolve",
     "PrincipleSet": "si_toolkit.principles", "PromptSet": "si_toolkit.prompts",
     "SIError": "si_toolkit.errors",
 }
 
 
 def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
+    if name in _PACKAGES:
+        value = importlib.import_module(_PACKAGES[name])
+    elif name in _WHERE:
+        value = getattr(importlib.import_module(_WHERE[name]), name)
+    else:
         raise AttributeError(f"module 'si_toolkit' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_WHERE[name]), name)
     globals()[name] = value  # later lookups skip this function
     return value
 

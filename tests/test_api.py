@@ -115,3 +115,12 @@ def test_train_returns_metrics_and_checkpoints(tiny_model_dir, tmp_path) -> None
     assert run.last_step == 2 and run.checkpoint == tmp_path / "t" / "checkpoint-2"
     assert [p.name for p in run.checkpoints][-1] == "checkpoint-2"
     assert list(run.metrics["step"]) == [1, 2] and "reward_mean" in run.metrics.columns
+
+
+def test_api_functions_survive_imports_of_their_packages() -> None:
+    # Importing a sub-package rebinds si_toolkit.<name> to the module; the packages are callable.
+    code = ("import si_toolkit as si, si_toolkit.rank.pipeline, si_toolkit.train.trainer; "
+            "from si_toolkit.rank.api import rank; from si_toolkit.train.api import train; "
+            "print(callable(si.rank), callable(si.train), si.rank.__call_target__, si.train.__call_target__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["True", "True", "si_toolkit.rank.api:rank", "si_toolkit.train.api:train"]
