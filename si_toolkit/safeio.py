@@ -33,8 +33,20 @@ class _NoAliasSafeLoader(yaml.SafeLoader):
         return super().compose_node(parent, index)
 
 
-def read_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
-    """Read a UTF-8 YAML file holding a mapping, with SIError messages naming the file and line."""
+class _NoAliasTextTagLoader(_NoAliasSafeLoader):
+    """_NoAliasSafeLoader that reads application tags (``!function utils.f``) as their text."""
+
+
+_NoAliasTextTagLoader.add_multi_constructor("!", lambda loader, _suffix, node: (
+    loader.construct_scalar(node) if isinstance(node, yaml.ScalarNode) else None))
+
+
+def read_yaml_mapping(path: Path, what: str, *, tags_as_text: bool = False) -> dict[str, Any]:
+    """Read a UTF-8 YAML file holding a mapping, with SIError messages naming the file and line.
+
+    `tags_as_text` reads ``!tag value`` as the string ``value`` (other files' formats, such as
+    lm-eval task files, name Python functions that way); nothing is ever constructed or imported.
+    """
     if not path.is_file():
         raise SIError(f"{path}: {what} file not found; check the path")
     if path.stat().st_size > MAX_YAML_BYTES:
@@ -45,7 +57,7 @@ def read_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
         raise SIError(f"{path}: not valid UTF-8 (byte {err.start}); save the file as UTF-8") from None
     loader = None
     try:
-        loader = _NoAliasSafeLoader(text)  # the reader already rejects control characters here
+        loader = (_NoAliasTextTagLoader if tags_as_text else _NoAliasSafeLoader)(text)  # rejects control characters
         loader.name = str(path)
         data = loader.get_single_data()
     except yaml.YAMLError as err:

@@ -1,9 +1,8 @@
-"""The held-out benchmark: split, answer grading, summaries, paired comparison, harness bridge, tiny-model run."""
+"""The held-out benchmark: split, answer grading, summaries, paired comparison, tiny-model run (harness: test_harness.py)."""
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,14 +22,6 @@ from si_toolkit.confirm.evaluate import (
     read_items,
     score_response,
     summarize_items,
-)
-from si_toolkit.confirm.harness import (
-    HarnessConfig,
-    compare_harness,
-    harness_item_scores,
-    harness_model_args,
-    require_harness,
-    run_harness,
 )
 from si_toolkit.prompts import Prompt, PromptSet, load_prompts
 
@@ -178,95 +169,6 @@ def test_read_items_names_the_broken_line(tmp_path: Path) -> None:
     path.write_text('{"id": "q1"}\n')
     with pytest.raises(SIError, match="line 1: missing field"):
         read_items(path)
-
-
-# ----------------------------------------------------------------------------- harness bridge
-
-
-def test_harness_missing_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    # lm_eval is not installed in the project's environment; hiding it keeps this test meaningful elsewhere.
-    monkeypatch.setitem(sys.modules, "lm_eval", None)
-    with pytest.raises(SIError, match=r"not installed.*pip install 'si-toolkit\[eval\]'"):
-        require_harness()
-    with pytest.raises(SIError, match="lm_eval"):
-        run_harness("embedded", HarnessConfig(tasks=("gsm8k",)))  # refused before any model is touched
-    result = runner.invoke(_app(), ["eval", "embedded", "--harness", "gsm8k", "--quiet"])
-    assert result.exit_code == 2
-    assert "si-toolkit[eval]" in result.output  # the fix is printed verbatim, not eaten as markup
-
-
-def test_harness_config_and_model_args() -> None:
-    config = HarnessConfig(tasks=("gsm8k",), dtype="bfloat16")
-    assert harness_model_args("/ckpt", config) == "pretrained=/ckpt,dtype=bfloat16"
-    assert harness_model_args("/ckpt", config, trust_remote_code=True).endswith(",trust_remote_code=True")
-    with pytest.raises(SIError, match="--harness"):
-        HarnessConfig(tasks=())
-
-
-def _fake_lm_eval(monkeypatch: pytest.MonkeyPatch, failure: Exception | None) -> list[dict[str, object]]:
-    """Install a stand-in `lm_eval` package that records its calls (the real one is not installed here)."""
-    import types
-
-    calls: list[dict[str, object]] = []
-
-    def simple_evaluate(**kwargs: object) -> dict[str, object]:
-        calls.append(kwargs)
-        if failure is not None:
-            raise failure
-        return {"results": {"gsm8k": {"exact_match,strict-match": 0.5}}}
-
-    package, tasks = types.ModuleType("lm_eval"), types.ModuleType("lm_eval.tasks")
-    package.simple_evaluate = simple_evaluate  # type: ignore[attr-defined]
-    tasks.TaskManager = type("TaskManager", (), {"all_tasks": ["gsm8k", "arc_easy"]})  # type: ignore[attr-defined]
-    package.tasks = tasks  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "lm_eval", package)
-    monkeypatch.setitem(sys.modules, "lm_eval.tasks", tasks)
-    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
-    return calls
-
-
-def test_run_harness_passes_identical_offline_settings(monkeypatch: pytest.MonkeyPatch, tiny_model_dir: Path) -> None:
-    import os
-
-    calls = _fake_lm_eval(monkeypatch, None)
-    config = HarnessConfig(tasks=("gsm8k",), num_fewshot=5, seed=7, dtype="bfloat16")
-    assert run_harness(str(tiny_model_dir), config, device="cpu")["results"] == {"gsm8k": {"exact_match,strict-match": 0.5}}
-    run_harness(str(tiny_model_dir), config, device="cpu")
-    assert calls[0] == calls[1]  # the same settings every time (base and trained alike)
-    assert calls[0]["model"] == "hf" and calls[0]["model_args"] == f"pretrained={tiny_model_dir},dtype=bfloat16"
-    assert {calls[0][k] for k in ("random_seed", "numpy_random_seed", "torch_random_seed", "fewshot_random_seed")} == {7}
-    assert calls[0]["log_samples"] is True and calls[0]["num_fewshot"] == 5
-    assert os.environ["HF_DATASETS_OFFLINE"] == "1"  # nothing may be downloaded
-    with pytest.raises(SIError, match=r"unknown task\(s\) \['nope'\]"):
-        run_harness(str(tiny_model_dir), HarnessConfig(tasks=("nope",)), device="cpu")
-
-
-def test_run_harness_explains_missing_task_data(monkeypatch: pytest.MonkeyPatch, tiny_model_dir: Path) -> None:
-    offline = ConnectionError("Couldn't reach 'openai/gsm8k' on the Hub (LocalEntryNotFoundError)")
-    _fake_lm_eval(monkeypatch, offline)
-    with pytest.raises(SIError, match="datasets cache.*HF_DATASETS_OFFLINE=0 lm-eval run"):
-        run_harness(str(tiny_model_dir), HarnessConfig(tasks=("gsm8k",)), device="cpu")
-    _fake_lm_eval(monkeypatch, RuntimeError("CUDA out of memory"))
-    with pytest.raises(RuntimeError, match="out of memory"):  # other failures keep their traceback
-        run_harness(str(tiny_model_dir), HarnessConfig(tasks=("gsm8k",)), device="cpu")
-
-
-def _harness_result(values: list[float], aggregate: float) -> dict[str, object]:
-    samples = [{"doc_id": k, "filter": "strict-match", "exact_match": v} for k, v in enumerate(values)]
-    samples += [{"doc_id": k, "filter": "flexible-extract", "exact_match": 1.0} for k in range(len(values))]
-    return {"results": {"gsm8k": {"alias": "gsm8k", "exact_match,strict-match": aggregate,
-                                  "exact_match_stderr,strict-match": 0.1}},
-            "samples": {"gsm8k": samples}}
-
-
-def test_harness_item_scores_and_paired_comparison() -> None:
-    a = _harness_result([1.0, 1.0, 0.0, 1.0], 0.75)
-    b = _harness_result([0.0, 1.0, 0.0, 0.0], 0.25)
-    assert harness_item_scores(a, "gsm8k", "exact_match,strict-match") == {"0": 1.0, "1": 1.0, "2": 0.0, "3": 1.0}
-    rows = compare_harness(a, b, n_resamples=500)
-    assert [(r["task"], r["metric"]) for r in rows] == [("gsm8k", "exact_match,strict-match")]  # no stderr, no alias
-    assert rows[0]["delta"] == pytest.approx(0.5) and rows[0]["n_paired"] == 4
-    assert rows[0]["delta_ci"][0] <= 0.5 <= rows[0]["delta_ci"][1]
 
 
 # ----------------------------------------------------------------------------- the tiny model

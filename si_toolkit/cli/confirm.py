@@ -93,10 +93,11 @@ def _comparison_table(comparison: dict[str, Any]) -> Table:
 
 
 def _harness_table(report: dict[str, Any]) -> Table:
+    from si_toolkit.confirm.harness import harness_metrics
+
     rows = report.get("comparison") or [
         {"task": task, "metric": key, "a": value, "b": None, "delta": None, "delta_ci": None}
-        for task, metrics in report["results"]["a"].items() for key, value in metrics.items()
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and "_stderr" not in key
+        for task, results in report["results"]["a"].items() for key, value in harness_metrics(results).items()
     ]
     table = Table(title="lm-evaluation-harness" + (" (A − B, paired over documents)" if "comparison" in report else ""))
     for col in ("task", "metric", "A", "B", "A − B", "95% CI"):
@@ -108,13 +109,23 @@ def _harness_table(report: dict[str, Any]) -> Table:
     return table
 
 
-def _harness(refs: dict[str, str], harness: str, options: dict[str, Any], folder: Path,
-             trust_remote_code: bool) -> dict[str, Any]:
+def _harness_config(harness: str, include_path: Path | None, compare: str | None, options: dict[str, Any]) -> Any:
+    """The one HarnessConfig for A and B, its tasks checked before any model is loaded."""
+    from si_toolkit.confirm.harness import HarnessConfig, parse_tasks, resolve_tasks
+
+    if compare and compare.endswith(".jsonl"):
+        raise SIError("--harness with --compare needs model B itself, not an items.jsonl; pass B's folder")
+    config = HarnessConfig(tasks=parse_tasks(harness), include_path=None if include_path is None else str(include_path),
+                           **options)
+    resolve_tasks(config)  # fail here, not after the benchmark has run
+    return config
+
+
+def _harness(refs: dict[str, str], config: Any, folder: Path, trust_remote_code: bool) -> dict[str, Any]:
     """Run lm-evaluation-harness on each model with one HarnessConfig; compare A with B if both ran."""
-    from si_toolkit.confirm.harness import HarnessConfig, compare_harness, parse_tasks, run_harness
+    from si_toolkit.confirm.harness import compare_harness, run_harness
     from si_toolkit.safeio import atomic_write_text
 
-    config = HarnessConfig(tasks=parse_tasks(harness), **options)
     results = {}
     for label, ref in refs.items():
         results[label] = run_harness(ref, config, trust_remote_code=trust_remote_code)
@@ -142,7 +153,8 @@ def eval_command(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Items per generation batch.")] = 16,
     no_prefill: Annotated[bool, typer.Option("--no-prefill", help="Do not prefill the assistant turn with <think>.")] = False,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Output folder (default reports/eval-A[-vs-B]).")] = None,
-    harness: Annotated[str | None, typer.Option("--harness", help="Also run lm-evaluation-harness tasks, e.g. gsm8k,arc_easy (extra [eval]).")] = None,
+    harness: Annotated[str | None, typer.Option("--harness", help="Also run lm-evaluation-harness tasks: names or task YAML files, e.g. gsm8k,arc_easy (extra [eval]).")] = None,
+    harness_include_path: Annotated[Path | None, typer.Option("--harness-include-path", help="Folder of your own task YAML files, so --harness can name their tasks.")] = None,
     harness_limit: Annotated[int | None, typer.Option("--harness-limit", help="Documents per harness task (testing only).")] = None,
     harness_fewshot: Annotated[int | None, typer.Option("--harness-fewshot", help="Few-shot examples for the harness tasks.")] = None,
     chat_template: Annotated[bool, typer.Option("--chat-template", help="Harness: apply the model's chat template.")] = False,
@@ -152,7 +164,6 @@ def eval_command(
 ) -> None:
     """Accuracy and format rate on held-out arithmetic problems; with --compare, A − B item by item."""
     from si_toolkit.confirm.evaluate import EvalConfig, compare_items, read_items
-    from si_toolkit.confirm.harness import require_harness
     from si_toolkit.safeio import atomic_write_json
 
     try:
@@ -160,10 +171,11 @@ def eval_command(
                             **({} if system is None else {"system": system}),
                             max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, dtype=dtype,
                             batch_size=batch_size)
-        if harness:
-            require_harness()  # fail before the benchmark runs, not after
-            if compare and compare.endswith(".jsonl"):
-                raise SIError("--harness with --compare needs model B itself, not an items.jsonl; pass B's folder")
+        if harness_include_path is not None and not harness:
+            raise SIError("--harness-include-path needs --harness TASKS naming the tasks to run from it")
+        harness_config = None if not harness else _harness_config(harness, harness_include_path, compare, {
+            "num_fewshot": harness_fewshot, "limit": harness_limit, "apply_chat_template": chat_template,
+            "dtype": dtype, "seed": seed})
         folder = out_dir or Path("reports") / (f"eval-{_safe_name(checkpoint)}" + (f"-vs-{_safe_name(compare)}" if compare else ""))
         result: dict[str, Any] = {}
         if compare is None:
@@ -176,11 +188,9 @@ def eval_command(
             result["comparison"] = compare_items(read_items(folder / "a" / "items.jsonl"), items_b, seed=seed)
             result["comparison"].update(a=result["a"].get("model"), b=result["b"].get("model"))
             atomic_write_json(folder / "comparison.json", result["comparison"])
-        if harness:
+        if harness_config is not None:
             refs = {"a": checkpoint, **({"b": compare} if compare else {})}
-            options = {"num_fewshot": harness_fewshot, "limit": harness_limit, "apply_chat_template": chat_template,
-                       "dtype": dtype, "seed": seed}
-            result["harness"] = _harness(refs, harness, options, folder, trust_remote_code)
+            result["harness"] = _harness(refs, harness_config, folder, trust_remote_code)
     except USER_FAILURES as error:
         fail(error)
         return
