@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from si_toolkit.backends.base import Backend, SamplingConfig
 from si_toolkit.errors import SIError
@@ -130,16 +130,11 @@ def score_stage(run: RunFolder, backend: Backend, shard: Shard = Shard(),
     return _timed_stage(run, "score", lambda: run_scoring(run, backend, shard=shard, progress=progress))
 
 
-Span = Literal["cot", "answer", "full"]
-
-
 def estimate_stage(run_or_scores: Path, *, span: str = "cot", critic: str = "sum", n_bootstrap: int = 2000,
                    seed: int = 0, write: bool = True) -> dict[str, Any]:
     """Estimates from a run folder (written to estimates.json) or from a bare scores.parquet."""
     from si_toolkit.rank.estimation import estimate_run
 
-    if span not in ("cot", "answer", "full") or critic not in ("sum", "mean"):
-        raise SIError(f"--span {span!r} / --critic {critic!r}: span is cot|answer|full, critic is sum|mean")
     path = Path(run_or_scores)
     if path.is_file():
         scores = _read_parquet(path)
