@@ -135,3 +135,22 @@ def test_principles_validate_and_show(write_set) -> None:
     assert result.exit_code == 0 and "K = 3" in result.output
     result = runner.invoke(app, ["principles", "show", str(path)])
     assert "1. Be long-winded." in result.output and "flip:brief" in result.output
+
+
+# ----------------------------------------------------------------------------- si principles show
+
+
+def test_principles_show_prints_each_exact_system_prompt_escaped(write_set) -> None:
+    from si_toolkit.chat import COT_INSTRUCTION, render_system
+
+    path = write_set("marked", 'mode: alternatives\nprinciples:\n  - id: loud\n    text: "Use [bold]markup[/bold] '
+                               '\\e[31m and \\u202e."\n  - id: plain\n    text: Be plain.\n')
+    result = runner.invoke(app, ["principles", "show", str(path)])
+    assert result.exit_code == 0, result.output
+    assert render_system("Be plain.") in result.stdout  # the whole system prompt, CoT instruction included
+    assert render_system("Be plain.").endswith(COT_INSTRUCTION)
+    assert "Use [bold]markup[/bold] \\x1b[31m and \\u202e." in result.stdout  # shown, not interpreted
+    assert "\x1b" not in result.stdout and "\u202e" not in result.stdout
+    data = json.loads(runner.invoke(app, ["principles", "show", str(path), "--json"]).stdout)
+    assert [v["system_prompt"] for v in data["variants"]] == [
+        render_system("Use [bold]markup[/bold] \x1b[31m and \u202e."), render_system("Be plain.")]
