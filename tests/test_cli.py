@@ -137,6 +137,30 @@ def test_principles_validate_and_show(write_set) -> None:
     assert "1. Be long-winded." in result.output and "flip:brief" in result.output
 
 
+# ----------------------------------------------------------------------------- si estimate: span, critic, files
+
+
+def test_estimate_names_span_and_critic_and_keeps_estimates_json(tiny_model_dir, sets, tmp_path) -> None:
+    run = tmp_path / "run"
+    assert _rank([*sets, *_base(tiny_model_dir, run)]).exit_code == 0
+    default = (run / "estimates.json").read_bytes()
+    result = runner.invoke(app, ["estimate", str(run), "--span", "full", "--critic", "mean", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["settings"]["span"] == "full" and data["settings"]["critic"] == "mean"
+    assert json.loads((run / "estimates-full-mean.json").read_text()) == data  # written beside, not instead
+    assert (run / "estimates.json").read_bytes() == default  # SI's own file is untouched
+    assert f"wrote {run / 'estimates-full-mean.json'}" in result.stderr.replace("\n", "")
+    table = runner.invoke(app, ["estimate", str(run), "--span", "answer", "--quiet"])
+    assert table.exit_code == 0 and "span answer, critic sum" in table.stdout.replace("\n", " ")
+    assert table.stderr == "" and (run / "estimates-answer-sum.json").is_file()
+    again = runner.invoke(app, ["estimate", str(run), "--json"])  # the default settings rewrite estimates.json
+    assert json.loads((run / "estimates.json").read_text()) == json.loads(again.stdout)
+    assert json.loads(again.stdout)["settings"]["span"] == "cot" and "wrote" in again.stderr
+    bare = runner.invoke(app, ["estimate", str(run / "scores.parquet"), "--critic", "mean"])
+    assert bare.exit_code == 0 and "nothing written" in bare.stderr and "critic mean" in bare.stdout
+
+
 # ----------------------------------------------------------------------------- si principles show
 
 

@@ -142,22 +142,28 @@ def _stage_command(run_dir: Path, stage: str, shard_text: str | None, trust_remo
 @app.command()
 def estimate(
     source: Annotated[Path, typer.Argument(help="A run folder or a scores.parquet file.")],
-    span: Annotated[str, typer.Option("--span", help="cot, answer or full.")] = "cot",
-    critic: Annotated[str, typer.Option("--critic", help="sum (exact) or mean (SAMI length-normalised).")] = "sum",
+    span: Annotated[str, typer.Option("--span", help="cot (SI), answer or full.")] = "cot",
+    critic: Annotated[str, typer.Option("--critic", help="sum (exact, SI) or mean (SAMI length-normalised).")] = "sum",
     n_bootstrap: Annotated[int, typer.Option("--n-bootstrap", help="Bootstrap resamples for CIs.")] = 2000,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     json_out: JsonOpt = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No note on stderr saying which file was written.")] = False,
 ) -> None:
-    """Compute every SI-SPEC quantity from scores (writes estimates.json into a run folder)."""
-    from si_toolkit.rank.pipeline import estimate_stage
+    """Compute every SI-SPEC quantity from scores. In a run folder the default span and critic
+    (cot, sum: SI) write estimates.json; any other choice writes estimates-SPAN-CRITIC.json."""
+    from si_toolkit.rank.pipeline import estimate_stage, estimates_file
 
     with failures():
         if not source.exists():
             raise SIError(f"{source}: no such run folder or scores file")
-        is_default = span == "cot" and critic == "sum"
-        result = estimate_stage(source, span=span, critic=critic, n_bootstrap=n_bootstrap, seed=seed,
-                                write=source.is_dir() and is_default)
-        _print_estimates(result, source, json_out)
+        in_run = source.is_dir()
+        result = estimate_stage(source, span=span, critic=critic, n_bootstrap=n_bootstrap, seed=seed, write=in_run)
+        if not quiet:
+            where = (f"wrote {source / estimates_file(span, critic)}" if in_run
+                     else "nothing written (a bare scores file has no run folder)")
+            err.print(f"span {span}, critic {critic}: {where}", highlight=False)
+        # The table's title names the span and critic: a non-default choice is not SI.
+        _print_estimates(result, f"{source} — span {span}, critic {critic}", json_out)  # type: ignore[arg-type]
 
 
 @app.command()

@@ -20,7 +20,8 @@ from si_toolkit.principles import PrincipleSet
 from si_toolkit.prompts import PromptSet, prompt_hash
 from si_toolkit.rank.runs import RunFolder, Shard
 
-__all__ = ["RankConfig", "PROFILES", "new_manifest", "default_run_dir", "run_backend", "run_rank", "estimate_stage", "sample_stage", "score_stage", "units_total"]
+__all__ = ["RankConfig", "PROFILES", "new_manifest", "default_run_dir", "run_backend", "run_rank", "estimate_stage",
+           "estimates_file", "sample_stage", "score_stage", "units_total"]
 
 # Profiles fix the size of a run. `quick` finishes the shipped sets on 2 CPU cores in minutes
 # (its CIs are wide: few prompts); `standard` is for real decisions, on a GPU host.
@@ -131,11 +132,25 @@ def score_stage(run: RunFolder, backend: Backend, shard: Shard = Shard(),
 
 
 Span = Literal["cot", "answer", "full"]
+DEFAULT_SPAN, DEFAULT_CRITIC = "cot", "sum"  # SI as SI-SPEC §4 defines it
 
 
-def estimate_stage(run_or_scores: Path, *, span: str = "cot", critic: str = "sum", n_bootstrap: int = 2000,
-                   seed: int = 0, write: bool = True) -> dict[str, Any]:
-    """Estimates from a run folder (written to estimates.json) or from a bare scores.parquet."""
+def estimates_file(span: str = DEFAULT_SPAN, critic: str = DEFAULT_CRITIC) -> str:
+    """The file estimates go to in a run folder: `estimates.json` holds SI (span cot, critic sum);
+    any other choice goes to `estimates-<span>-<critic>.json`, so it never replaces SI's file."""
+    if (span, critic) == (DEFAULT_SPAN, DEFAULT_CRITIC):
+        return "estimates.json"
+    return f"estimates-{span}-{critic}.json"
+
+
+def estimate_stage(run_or_scores: Path, *, span: str = DEFAULT_SPAN, critic: str = DEFAULT_CRITIC,
+                   n_bootstrap: int = 2000, seed: int = 0, write: bool = True) -> dict[str, Any]:
+    """Estimates from a run folder or from a bare scores.parquet (which is never written to).
+
+    With `write`, a run folder's estimates go to `estimates_file(span, critic)`: `estimates.json`
+    only for the default span and critic. --n-bootstrap and --seed change only the CIs, and the
+    file records them under `settings`.
+    """
     from si_toolkit.rank.estimation import estimate_run
 
     if span not in ("cot", "answer", "full") or critic not in ("sum", "mean"):
@@ -158,8 +173,9 @@ def estimate_stage(run_or_scores: Path, *, span: str = "cot", critic: str = "sum
     if write:
         from si_toolkit.safeio import atomic_write_json
 
-        atomic_write_json(run.path / "estimates.json", result)
-        run.update_stage("estimate", status="done")
+        atomic_write_json(run.path / estimates_file(span, critic), result)
+        if (span, critic) == (DEFAULT_SPAN, DEFAULT_CRITIC):
+            run.update_stage("estimate", status="done")
     return result
 
 
