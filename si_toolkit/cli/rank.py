@@ -58,6 +58,10 @@ def rank(
             return
         ranking = rank_sets(files, prompts, model, profile, report=not no_report, trust_remote_code=trust_remote_code,
                             progress=progress_factory(quiet), **options)
+        if ranking.reused:
+            err.print(f"{ranking.run_dir}: reused its finished samples and scores (nothing was sampled or scored; "
+                      "the estimates were recomputed from scores.parquet); for new samples use another --out or --seed",
+                      highlight=False)
         if ranking.report_path and not quiet:
             err.print(f"report: {ranking.report_path}")
         _print_estimates(ranking.estimates, ranking.run_dir, json_out)
@@ -171,3 +175,4 @@ def report(run_dir: Annotated[Path, typer.Argument(help="Run folder with estimat
     """(Re)build report.html, report.md, si.csv and figures/ from a run folder alone."""
     with failures():
         _write_report(run_dir, quiet=False)
+

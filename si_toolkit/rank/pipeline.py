@@ -21,7 +21,7 @@ from si_toolkit.prompts import PromptSet, prompt_hash
 from si_toolkit.rank.runs import RunFolder, Shard
 
 __all__ = ["RankConfig", "PROFILES", "new_manifest", "default_run_dir", "run_backend", "run_rank", "estimate_stage",
-           "estimates_file", "sample_stage", "score_stage", "units_total"]
+           "estimates_file", "is_finished", "run_name", "sample_stage", "score_stage", "units_total"]
 
 # Profiles fix the size of a run. `quick` finishes the shipped sets on 2 CPU cores in minutes
 # (its CIs are wide: few prompts); `standard` is for real decisions, on a GPU host.
@@ -189,8 +189,22 @@ def _read_parquet(path: Path) -> Any:
 
 
 def default_run_dir(sets: list[PrincipleSet], profile: str, config: RankConfig) -> Path:
-    """reports/<set names>-<profile>: the folder a ranking uses when none is given."""
-    return Path("reports") / f"{'+'.join(s.name for s in sets)[:80]}-{profile}"
+    """reports/<run_name>: the folder a ranking uses when none is given (`profile` is what was asked
+    for; the name says `-<profile>` only when the run has that profile's sizes)."""
+    return Path("reports") / run_name([s.name for s in sets], config)
+
+
+def run_name(set_names: list[str], config: RankConfig) -> str:
+    """The default run folder name: the set names, then the profile whose sizes the run has
+    (e.g. `-quick`), or the sizes themselves (`-n40-r1-t48`) when they match no profile, then
+    `-seedS` for a seed other than 0. So a run is never named after a profile it does not use."""
+    sizes = {"n_prompts": config.n_prompts, "replicates": config.sampling.replicates,
+             "max_new_tokens": config.sampling.max_new_tokens}
+    suffix = next((name for name, preset in PROFILES.items() if preset == sizes),
+                  f"n{sizes['n_prompts']}-r{sizes['replicates']}-t{sizes['max_new_tokens']}")
+    if config.sampling.seed:
+        suffix += f"-seed{config.sampling.seed}"
+    return f"{'+'.join(set_names)[:80]}-{suffix}"
 
 
 def run_backend(run: RunFolder, *, trust_remote_code: bool = False) -> Backend:
@@ -199,6 +213,15 @@ def run_backend(run: RunFolder, *, trust_remote_code: bool = False) -> Backend:
 
     cfg = run.read_manifest()["config"]
     return make_backend(cfg["backend"], cfg["model"], dtype=cfg["dtype"], trust_remote_code=trust_remote_code)
+
+
+_STAGE_TABLES = (("sample", "samples.parquet"), ("score", "scores.parquet"))
+
+
+def is_finished(run: RunFolder) -> bool:
+    """True when sampling and scoring are complete (their merged tables exist): `run_rank` then
+    samples and scores nothing and only recomputes the estimates."""
+    return all((run.path / table).is_file() for _, table in _STAGE_TABLES)
 
 
 # (stage name, units to do) -> a context manager yielding `advance(n)`; None = no progress display.
@@ -215,7 +238,8 @@ def run_rank(run: RunFolder, *, trust_remote_code: bool = False, shard: Shard = 
 
     backend = None
     try:
-        for stage, work, table in (("sample", sample_stage, "samples.parquet"), ("score", score_stage, "scores.parquet")):
+        for stage, table in _STAGE_TABLES:
+            work = sample_stage if stage == "sample" else score_stage
             if (run.path / table).is_file():
                 continue
             left = units_left(run, stage, shard)
