@@ -44,7 +44,7 @@ ModelOpt = Annotated[str, typer.Option("--model", help="embedded, a model folder
 BackendOpt = Annotated[str, typer.Option("--backend", help="hf, vllm, or auto (vllm when importable).")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help=DTYPE_HELP)]
 ProfileOpt = Annotated[str, typer.Option("--profile", help="quick (minutes on a CPU) or standard (GPU host).")]
-OutOpt = Annotated[Path | None, typer.Option("--out", help="Run folder (default reports/<set names>-<profile>).")]
+OutOpt = Annotated[Path | None, typer.Option("--out", help="Run folder (default reports/<set names>-<profile>, or -n<N>-r<R>-t<T> when the sizes are no profile's).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", help="No progress bars.")]
 ShardOpt = Annotated[str | None, typer.Option("--shard", help="I/N: do only units u with u % N == I (sampling: unit groups; multi-GPU).")]
