@@ -39,7 +39,7 @@ out = Console(width=None if sys.stdout.isatty() else 120, soft_wrap=not sys.stdo
 DTYPE_HELP = "float32 or bfloat16 (default bfloat16: half the memory, faster on GPUs and recent CPUs)."
 
 FilesArg = Annotated[list[Path], typer.Argument(help="Principle-set YAML files.", show_default=False)]
-PromptsOpt = Annotated[str, typer.Option("--prompts", help="builtin:mixed|arithmetic|open or a JSONL/CSV/Parquet file.")]
+PromptsOpt = Annotated[str, typer.Option("--prompts", help="builtin:mixed|arithmetic|open or a JSONL/CSV/Parquet file (fields: docs/prompts.md).")]
 ModelOpt = Annotated[str, typer.Option("--model", help="embedded, a model folder, or an HF id in the local cache.")]
 BackendOpt = Annotated[str, typer.Option("--backend", help="hf, vllm, or auto (vllm when importable).")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help=DTYPE_HELP)]
