@@ -24,10 +24,30 @@ __all__ = ["app"]
 app = typer.Typer()
 
 
+_CHECKPOINT = re.compile(r"checkpoint-\d+")  # the folders `si train` writes: RUN/checkpoint-<step>
+
+
 def _safe_name(ref: str) -> str:
-    """A folder-safe short name of a model reference: its last path part."""
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(ref.rstrip("/")).name or ref).strip("-.")
-    return name[:60] or "model"
+    """A folder-safe short name of a model reference: its last path part, and for a training
+    checkpoint its run's folder too (`reports/run-a/checkpoint-2` -> `run-a-checkpoint-2`), so
+    checkpoints of different runs never share an output folder."""
+    path = Path(ref.rstrip("/"))
+    if path.exists():
+        path = path.resolve()
+    name = path.name or ref
+    if _CHECKPOINT.fullmatch(name) and path.parent.name:
+        name = f"{path.parent.name}-{name}"
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-.")
+    return name[:80] or "model"
+
+
+def _claim(folder: Path, force_new: bool) -> None:
+    """Refuse to overwrite earlier results in `folder`; with --force-new move them aside first."""
+    from si_toolkit.safeio import claim_result_folder
+
+    moved = claim_result_folder(folder, force_new=force_new)
+    if moved is not None:
+        err.print(f"moved the earlier results to {moved}", highlight=False)
 
 
 def _counting(quiet: bool, total: int, description: str) -> Any:
@@ -45,6 +65,11 @@ def _evaluate(ref: str, config: Any, folder: Path, quiet: bool, trust_remote_cod
     with progress:
         return evaluate_checkpoint(ref, config, folder, progress=lambda n: progress.advance(task, n),
                                    trust_remote_code=trust_remote_code)
+
+
+def _is_items(compare: str | None) -> bool:
+    """True when --compare names an earlier run's items.jsonl rather than model B."""
+    return compare is not None and Path(compare).suffix == ".jsonl"
 
 
 def _items_b(compare: str, config: Any, folder: Path, quiet: bool, trust_remote_code: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -152,7 +177,8 @@ def eval_command(
     dtype: Annotated[str, typer.Option("--dtype", help=DTYPE_HELP)] = "bfloat16",
     batch_size: Annotated[int, typer.Option("--batch-size", help="Items per generation batch.")] = 16,
     no_prefill: Annotated[bool, typer.Option("--no-prefill", help="Do not prefill the assistant turn with <think>.")] = False,
-    out_dir: Annotated[Path | None, typer.Option("--out", help="Output folder (default reports/eval-A[-vs-B]).")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Output folder (default reports/eval-A[-vs-B]; a checkpoint is named with its run, e.g. eval-RUN-checkpoint-200).")] = None,
+    force_new: Annotated[bool, typer.Option("--force-new", help="Move an output folder that holds earlier results aside instead of refusing.")] = False,
     harness: Annotated[str | None, typer.Option("--harness", help="Also run lm-evaluation-harness tasks: names or task YAML files, e.g. gsm8k,arc_easy (extra [eval]).")] = None,
     harness_include_path: Annotated[Path | None, typer.Option("--harness-include-path", help="Folder of your own task YAML files, so --harness can name their tasks.")] = None,
     harness_limit: Annotated[int | None, typer.Option("--harness-limit", help="Documents per harness task (testing only).")] = None,
@@ -177,12 +203,14 @@ def eval_command(
             "num_fewshot": harness_fewshot, "limit": harness_limit, "apply_chat_template": chat_template,
             "dtype": dtype, "seed": seed})
         folder = out_dir or Path("reports") / (f"eval-{_safe_name(checkpoint)}" + (f"-vs-{_safe_name(compare)}" if compare else ""))
+        # An earlier items.jsonl standing in for B is read (and checked) before anything is moved or run.
+        earlier_b = _items_b(compare, config, folder / "b", quiet, trust_remote_code) if _is_items(compare) else None
+        _claim(folder, force_new)
         result: dict[str, Any] = {}
         if compare is None:
             result["a"] = _evaluate(checkpoint, config, folder, quiet, trust_remote_code)
         else:
-            # B first: an earlier items.jsonl made with other settings is refused before A runs
-            items_b, summary_b = _items_b(compare, config, folder / "b", quiet, trust_remote_code)
+            items_b, summary_b = earlier_b or _items_b(compare, config, folder / "b", quiet, trust_remote_code)
             result["a"] = _evaluate(checkpoint, config, folder / "a", quiet, trust_remote_code)
             result["b"] = summary_b
             result["comparison"] = compare_items(read_items(folder / "a" / "items.jsonl"), items_b, seed=seed)
@@ -217,7 +245,8 @@ def geometry_command(
     dtype: Annotated[str, typer.Option("--dtype", help=DTYPE_HELP)] = "bfloat16",
     batch_size: Annotated[int, typer.Option("--batch-size", help="Sequences per forward pass.")] = 8,
     no_prefill: Annotated[bool, typer.Option("--no-prefill", help="Render without the <think> prefill.")] = False,
-    out_dir: Annotated[Path | None, typer.Option("--out", help="Output folder (default reports/geometry-TRAINED).")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Output folder (default reports/geometry-TRAINED; a checkpoint is named with its run).")] = None,
+    force_new: Annotated[bool, typer.Option("--force-new", help="Move an output folder that holds earlier results aside instead of refusing.")] = False,
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Allow model code from the model folder.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print geometry.json on stdout.")] = False,
 ) -> None:
@@ -227,8 +256,9 @@ def geometry_command(
     try:
         config = GeometryConfig(prompts=prompts, n_prompts=n_prompts, split=split, pool=pool, prefill=not no_prefill,
                                 dtype=dtype, batch_size=batch_size)
-        result = analyze_geometry(base, trained, principles, config, trust_remote_code=trust_remote_code)
         folder = out_dir or Path("reports") / f"geometry-{_safe_name(trained)}"
+        _claim(folder, force_new)  # before the models load: a refusal costs nothing
+        result = analyze_geometry(base, trained, principles, config, trust_remote_code=trust_remote_code)
         write_geometry(result, folder)
     except USER_FAILURES as error:
         fail(error)

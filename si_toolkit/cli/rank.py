@@ -58,6 +58,10 @@ def rank(
             return
         ranking = rank_sets(files, prompts, model, profile, report=not no_report, trust_remote_code=trust_remote_code,
                             progress=progress_factory(quiet), **options)
+        if ranking.reused:
+            err.print(f"{ranking.run_dir}: reused its finished samples and scores (nothing was sampled or scored; "
+                      "the estimates were recomputed from scores.parquet); for new samples use another --out or --seed",
+                      highlight=False)
         if ranking.report_path and not quiet:
             err.print(f"report: {ranking.report_path}")
         _print_estimates(ranking.estimates, ranking.run_dir, json_out)
@@ -142,22 +146,28 @@ def _stage_command(run_dir: Path, stage: str, shard_text: str | None, trust_remo
 @app.command()
 def estimate(
     source: Annotated[Path, typer.Argument(help="A run folder or a scores.parquet file.")],
-    span: Annotated[str, typer.Option("--span", help="cot, answer or full.")] = "cot",
-    critic: Annotated[str, typer.Option("--critic", help="sum (exact) or mean (SAMI length-normalised).")] = "sum",
+    span: Annotated[str, typer.Option("--span", help="cot (SI), answer or full.")] = "cot",
+    critic: Annotated[str, typer.Option("--critic", help="sum (exact, SI) or mean (SAMI length-normalised).")] = "sum",
     n_bootstrap: Annotated[int, typer.Option("--n-bootstrap", help="Bootstrap resamples for CIs.")] = 2000,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     json_out: JsonOpt = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No note on stderr saying which file was written.")] = False,
 ) -> None:
-    """Compute every SI-SPEC quantity from scores (writes estimates.json into a run folder)."""
-    from si_toolkit.rank.pipeline import estimate_stage
+    """Compute every SI-SPEC quantity from scores. In a run folder the default span and critic
+    (cot, sum: SI) write estimates.json; any other choice writes estimates-SPAN-CRITIC.json."""
+    from si_toolkit.rank.pipeline import estimate_stage, estimates_file
 
     with failures():
         if not source.exists():
             raise SIError(f"{source}: no such run folder or scores file")
-        is_default = span == "cot" and critic == "sum"
-        result = estimate_stage(source, span=span, critic=critic, n_bootstrap=n_bootstrap, seed=seed,
-                                write=source.is_dir() and is_default)
-        _print_estimates(result, source, json_out)
+        in_run = source.is_dir()
+        result = estimate_stage(source, span=span, critic=critic, n_bootstrap=n_bootstrap, seed=seed, write=in_run)
+        if not quiet:
+            where = (f"wrote {source / estimates_file(span, critic)}" if in_run
+                     else "nothing written (a bare scores file has no run folder)")
+            err.print(f"span {span}, critic {critic}: {where}", highlight=False)
+        # The table's title names the span and critic: a non-default choice is not SI.
+        _print_estimates(result, f"{source} — span {span}, critic {critic}", json_out)  # type: ignore[arg-type]
 
 
 @app.command()
@@ -165,3 +175,62 @@ def report(run_dir: Annotated[Path, typer.Argument(help="Run folder with estimat
     """(Re)build report.html, report.md, si.csv and figures/ from a run folder alone."""
     with failures():
         _write_report(run_dir, quiet=False)
+
+
+@app.command()
+def plan(
+    run_dir: Annotated[Path, typer.Argument(help="A finished pilot run folder (from `si rank`).")],
+    target_half_width: Annotated[float | None, typer.Option("--target-half-width", help="Wanted 95% CI half-width on each set's SI, e.g. 0.05.")] = None,
+    separate: Annotated[tuple[str, str] | None, typer.Option("--separate", help="Two set names (A B) to tell apart: paired ΔSI CI excludes 0.")] = None,
+    power: Annotated[float, typer.Option("--power", help="Wanted probability of separating A and B (with --separate).")] = 0.8,
+    replicates: Annotated[list[int] | None, typer.Option("--replicates", help="R to plan for, up to the pilot's R (repeat for several; default 1, 2, 4 and the pilot's R).")] = None,
+    simulations: Annotated[int, typer.Option("--simulations", help="Simulated runs per candidate number of prompts.")] = 100,
+    n_bootstrap: Annotated[int, typer.Option("--n-bootstrap", help="Bootstrap resamples per simulated CI.")] = 2000,
+    max_prompts: Annotated[int, typer.Option("--max-prompts", help="Largest number of prompts searched.")] = 5000,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the simulations.")] = 0,
+    json_out: JsonOpt = False,
+) -> None:
+    """How many prompts (and which R) a run needs for a CI half-width on SI, or to separate two sets,
+    by resampling the pilot's per-prompt SI."""
+    from si_toolkit.rank.plan import PlanConfig, plan_run
+
+    with failures():
+        config = PlanConfig(target_half_width=target_half_width, separate=separate, power=power,
+                            replicates=tuple(replicates or ()), simulations=simulations, n_bootstrap=n_bootstrap,
+                            max_prompts=max_prompts, seed=seed)
+        result = plan_run(run_dir, config)
+    if json_out:
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+        return
+    out.print(_plan_table(result))
+
+
+def _plan_table(result: dict[str, Any]) -> Any:
+    """The plan's rows as a rich table, notes as numbered lines under it: the fields of `si plan --json`."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    s = result["settings"]
+    table = Table(title=f"Plan from pilot {escape(result['run'])} ({s['simulations']} simulations per n, "
+                        f"{s['confidence']:.0%} CIs)")
+    for col in ("set", "goal", "R", "prompts", "responses", "achieved", "pilot n×R: mean ± sd", "note"):
+        table.add_column(col, justify="left" if col in ("set", "goal") else "right", no_wrap=col != "set",
+                         min_width=18 if col == "set" else None)
+    notes = []
+    for row in result["rows"]:
+        p = row["pilot"]
+        goal = (f"half-width ≤ {row['target']:g}" if row["goal"] == "half_width" else f"power ≥ {row['target']:g}")
+        name = row["set"] if row["versus"] is None else f"{row['set']} vs {row['versus']}"
+        text = row["note"] if row["status"] == "ok" else f"{row['status']}: {row['note']}"
+        if text:
+            notes.append(f"[{len(notes) + 1}] {name}, R = {row['replicates']}: {text}")
+        table.add_row(escape(name), goal, str(row["replicates"]) + (" *" if row["cheapest"] else ""),
+                      "—" if row["n_prompts"] is None else str(row["n_prompts"]),
+                      "" if row["responses"] is None else str(row["responses"]),
+                      "" if row["achieved"] is None else f"{row['achieved']:.3f}",
+                      f"{p['n_prompts']}×{p['replicates']}: {p['mean']:.3f}" + ("" if p["sd"] is None else f" ± {p['sd']:.3f}"),
+                      f"[{len(notes)}]" if text else "")
+    table.caption = "\n".join(["* the R needing the fewest responses (prompts × R × K) for that goal",
+                               *map(escape, notes)])
+    table.caption_justify = "left"
+    return table

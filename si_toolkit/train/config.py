@@ -43,7 +43,7 @@ __all__ = [
     "parse_set_options",
 ]
 
-# Our choices (ENIGMA's weights are not published, notes/enigma-and-sami.md §2): with the mean
+# Our choices (the ENIGMA paper does not publish its loss weights): with the mean
 # critic the SAMI loss and its gradient are of the order of the dapo policy loss; the Sinkhorn
 # divergence is measured in units of the reference cloud's variance (losses.sinkhorn_penalty)
 # and starts at 0, so λ_OT = 1 only bites once the hidden states drift.
