@@ -135,3 +135,17 @@ def test_principles_validate_and_show(write_set) -> None:
     assert result.exit_code == 0 and "K = 3" in result.output
     result = runner.invoke(app, ["principles", "show", str(path)])
     assert "1. Be long-winded." in result.output and "flip:brief" in result.output
+
+
+def test_rank_table_shows_rank_intervals_and_reliability(tiny_model_dir, sets, tmp_path) -> None:
+    run = tmp_path / "run"
+    assert _rank([*sets, *_base(tiny_model_dir, run)]).exit_code == 0
+    result = runner.invoke(app, ["estimate", str(run), "--n-bootstrap", "200"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    estimates = json.loads((run / "estimates.json").read_text())
+    for col in ("rank 95%", "P(rank 1)", "ΔSI to leader", "p"):
+        assert col in result.stdout
+    assert estimates["reliability"]["reading"] in " ".join(result.stdout.split())
+    assert estimates["reliability"]["reading"].startswith("With 5 prompts the ordering is")
+    shown = [r for r in estimates["ranking"] if r["rank"] > 1]
+    assert all(r["p_floor"] == 0.2 and r["p_value"] >= 0.2 for r in shown)  # 5 prompts: no p finer than 1/5
