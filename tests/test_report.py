@@ -314,7 +314,7 @@ def test_headline_states_leader_gap_and_clarity(run_dir: Path) -> None:
     page = build_report(run_dir).html.read_text(encoding="utf-8")
     headline = page[page.index('class="headline"'):].split("</p>")[0]
     assert "persona ranks first with SI = " in headline
-    assert "ranks first in 100.0 % of the prompt resamples (95 % rank interval 1)" in headline
+    assert "ranks first in 100.0 % of the prompt resamples (95 % rank interval: rank 1 only)" in headline
     assert "Next is constitution" in headline and "ΔSI = SI(constitution) − SI(persona) = -0." in headline
     assert "p ≤ 0.0033, the finest p 300 bootstrap resamples resolve" in headline
     assert "The lead is statistically clear" in headline  # the synthetic gap is large

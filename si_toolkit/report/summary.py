@@ -44,8 +44,10 @@ def headline(est: dict[str, Any]) -> tuple[str, bool | None]:
     opening = f"{names[0]} ranks first with SI = {fmt(lead['si'])} ({conf} CI {fmt_ci(lead['si_ci'])})"
     first = ranks.get(names[0], {})
     if first.get("p_rank1") is not None and len(names) > 1:
+        interval = fmt_rank_interval(first.get("rank_interval"))
+        which = f"rank {interval} only" if interval.isdigit() else f"ranks {interval}"
         opening += (f"; it ranks first in {fmt_pct(first['p_rank1'])} of the prompt resamples "
-                    f"({conf} rank interval {fmt_rank_interval(first.get('rank_interval'))})")
+                    f"({conf} rank interval: {which})")
     opening += "."
     if len(names) == 1:
         return f"{opening} It is the only set in this run, so there is no comparison.", None
