@@ -143,7 +143,7 @@ def test_rank_table_shows_rank_intervals_and_reliability(tiny_model_dir, sets, t
     result = runner.invoke(app, ["estimate", str(run), "--n-bootstrap", "200"], terminal_width=200)
     assert result.exit_code == 0, result.output
     estimates = json.loads((run / "estimates.json").read_text())
-    for col in ("rank 95%", "P(rank 1)", "ΔSI to leader", "p"):
+    for col in ("rank 95%", "P(rank 1)", "ΔSI", "p"):
         assert col in result.stdout
     assert estimates["reliability"]["reading"] in " ".join(result.stdout.split())
     assert estimates["reliability"]["reading"].startswith("With 5 prompts the ordering is")

@@ -89,7 +89,8 @@ def _write_report(run_dir: Path, quiet: bool) -> None:
 
 def _print_estimates(estimates: dict[str, Any], run_dir: Path, json_out: bool) -> None:
     """The ranking as a rich table (rank interval, P(rank 1), ΔSI and p included) and the
-    reliability reading; --json prints the same data as the estimates.json structure."""
+    reliability reading; --json prints the same data as the estimates.json structure (MI in
+    bits, CoT share and the rest are there and in the report)."""
     if json_out:
         sys.stdout.write(json.dumps(estimates, indent=2) + "\n")
         return
@@ -98,12 +99,14 @@ def _print_estimates(estimates: dict[str, Any], run_dir: Path, json_out: bool) -
     from si_toolkit.report.tables import fmt, fmt_ci, fmt_p, fmt_pct, fmt_rank_interval
 
     conf = f"{100 * float(estimates.get('settings', {}).get('confidence', 0.95)):g}%"
-    table = Table(title=f"Sufficiency Index ranking — {run_dir}")
-    columns = ("rank", "set", "K", "SI", f"{conf} CI", f"rank {conf}", "P(rank 1)", "ΔSI to leader", "p",
-               "MI bits", "acc/chance", "format", "tied")
+    # 12 columns fit 120 characters (the width used when stdout is not a terminal); in a narrower
+    # terminal the set name folds onto a second line rather than disappearing.
+    table = Table(title=f"Sufficiency Index ranking — {run_dir}", box=None, header_style="bold")
+    columns = ("#", "set", "K", "SI", f"{conf} CI", f"rank {conf}", "P(rank 1)", "ΔSI", "p", "acc/chance",
+               "format", "tied")
     for col in columns:
         table.add_column(col, justify="left" if col == "set" else "right", no_wrap=col != "set",
-                         min_width=18 if col == "set" else None)
+                         min_width=12 if col == "set" else None, overflow="fold")
     for entry in estimates["ranking"]:
         s = estimates["sets"][entry["set"]]
         leader = entry["rank"] == 1
@@ -111,7 +114,7 @@ def _print_estimates(estimates: dict[str, Any], run_dir: Path, json_out: bool) -
                       fmt_rank_interval(entry.get("rank_interval")), fmt_pct(entry.get("p_rank1")),
                       "—" if leader else fmt(entry.get("delta_to_leader")),
                       "—" if leader else fmt_p(entry.get("p_value"), entry.get("p_at_floor")),
-                      fmt(s.get("mi_col_bits")), f"{fmt(s.get('accuracy'), 2)} / {fmt(s.get('chance'), 2)}",
+                      f"{fmt(s.get('accuracy'), 2)}/{fmt(s.get('chance'), 2)}",
                       fmt_pct(s.get("format_rate")), "=" if entry.get("tied_with_leader") else "")
     out.print(table)
     reliability = estimates.get("reliability")

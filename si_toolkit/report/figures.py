@@ -152,7 +152,9 @@ def confusion_figure(index: int, name: str, entry: dict[str, Any], labels: list[
         return None
     k = len(matrix)
     side = min(9.0, 3.2 + 0.42 * k)
-    fig = MplFigure(figsize=(side + 1.2, side), layout="constrained")
+    # Room for the row labels left of the heatmap (constrained layout clips them otherwise).
+    longest = max((len(plain_label(lab, 18)) for lab in labels[:k]), default=2) if k <= _TICKS_MAX_K else 2
+    fig = MplFigure(figsize=(side + 1.6 + 0.07 * longest, side), layout="constrained")
     ax = fig.subplots()
     image = ax.imshow(matrix, cmap="Blues", vmin=0.0, vmax=1.0)
     fig.colorbar(image, ax=ax, label=r"mean posterior p($c_i$ | CoT)  (probability)", shrink=0.85)

@@ -42,6 +42,7 @@ nav a { color: inherit; margin-right: 14px; }
 table { border-collapse: collapse; margin: 10px 0 4px; font-size: 0.88em; min-width: 50%; }
 .wide { overflow-x: auto; }
 #ranking-table, table.kv { width: 100%; }
+#ranking-table { font-size: 0.8em; }
 caption { caption-side: bottom; text-align: left; color: var(--muted); font-size: 0.88em; padding-top: 4px; }
 th, td { border: 1px solid var(--rule); padding: 4px 8px; vertical-align: top; text-align: left; }
 th { background: #e6e6e6; }
