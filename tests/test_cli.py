@@ -251,3 +251,15 @@ def test_principles_show_prints_each_exact_system_prompt_escaped(write_set) -> N
     data = json.loads(runner.invoke(app, ["principles", "show", str(path), "--json"]).stdout)
     assert [v["system_prompt"] for v in data["variants"]] == [
         render_system("Use [bold]markup[/bold] \x1b[31m and \u202e."), render_system("Be plain.")]
+def test_rank_table_shows_rank_intervals_and_reliability(tiny_model_dir, sets, tmp_path) -> None:
+    run = tmp_path / "run"
+    assert _rank([*sets, *_base(tiny_model_dir, run)]).exit_code == 0
+    result = runner.invoke(app, ["estimate", str(run), "--n-bootstrap", "200"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    estimates = json.loads((run / "estimates.json").read_text())
+    for col in ("rank 95%", "P(rank 1)", "ΔSI", "p"):
+        assert col in result.stdout
+    assert estimates["reliability"]["reading"] in " ".join(result.stdout.split())
+    assert estimates["reliability"]["reading"].startswith("With 5 prompts the ordering is")
+    shown = [r for r in estimates["ranking"] if r["rank"] > 1]
+    assert all(r["p_floor"] == 0.2 and r["p_value"] >= 0.2 for r in shown)  # 5 prompts: no p finer than 1/5

@@ -76,24 +76,40 @@ def _write_report(run_dir: Path, quiet: bool) -> None:
 
 
 def _print_estimates(estimates: dict[str, Any], run_dir: Path, json_out: bool) -> None:
+    """The ranking as a rich table (rank interval, P(rank 1), ΔSI and p included) and the
+    reliability reading; --json prints the same data as the estimates.json structure (MI in
+    bits, CoT share and the rest are there and in the report)."""
     if json_out:
         sys.stdout.write(json.dumps(estimates, indent=2) + "\n")
         return
     from rich.table import Table
 
-    table = Table(title=f"Sufficiency Index ranking — {run_dir}")
-    for col in ("rank", "set", "K", "SI", "95% CI", "MI bits", "acc/chance", "format", "tied"):
+    from si_toolkit.report.tables import fmt, fmt_ci, fmt_p, fmt_pct, fmt_rank_interval
+
+    conf = f"{100 * float(estimates.get('settings', {}).get('confidence', 0.95)):g}%"
+    # 12 columns fit 120 characters (the width used when stdout is not a terminal); in a narrower
+    # terminal the set name folds onto a second line rather than disappearing.
+    table = Table(title=f"Sufficiency Index ranking — {run_dir}", box=None, header_style="bold")
+    columns = ("#", "set", "K", "SI", f"{conf} CI", f"rank {conf}", "P(rank 1)", "ΔSI", "p", "acc/chance",
+               "format", "tied")
+    for col in columns:
         table.add_column(col, justify="left" if col == "set" else "right", no_wrap=col != "set",
-                         min_width=18 if col == "set" else None)
+                         min_width=12 if col == "set" else None, overflow="fold")
     for entry in estimates["ranking"]:
         s = estimates["sets"][entry["set"]]
-        ci = s["si_ci"]
-        table.add_row(str(entry["rank"]), entry["set"], str(s["K"]), f"{s['si']:.3f}",
-                      f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "n/a", f"{s['mi_col_bits']:.3f}",
-                      f"{s['accuracy']:.2f} / {s['chance']:.2f}",
-                      f"{s['format_rate']:.0%}" if s.get("format_rate") is not None else "n/a",
-                      "=" if entry["tied_with_leader"] else "")
+        leader = entry["rank"] == 1
+        table.add_row(str(entry["rank"]), entry["set"], str(s["K"]), fmt(s["si"]), fmt_ci(s.get("si_ci"), 2),
+                      fmt_rank_interval(entry.get("rank_interval")), fmt_pct(entry.get("p_rank1")),
+                      "—" if leader else fmt(entry.get("delta_to_leader")),
+                      "—" if leader else fmt_p(entry.get("p_value"), entry.get("p_at_floor")),
+                      f"{fmt(s.get('accuracy'), 2)}/{fmt(s.get('chance'), 2)}",
+                      fmt_pct(s.get("format_rate")), "=" if entry.get("tied_with_leader") else "")
     out.print(table)
+    reliability = estimates.get("reliability")
+    if isinstance(reliability, dict) and reliability.get("reading"):
+        out.print(reliability["reading"], highlight=False)
+    out.print("ΔSI = SI(set) − SI(leader), paired over prompts; = marks a set whose ΔSI CI includes 0.",
+              highlight=False)
 
 
 @app.command()
