@@ -75,7 +75,7 @@ def _write_report(run_dir: Path, quiet: bool) -> None:
         err.print(f"report: {paths.html}")
 
 
-def _print_estimates(estimates: dict[str, Any], run_dir: Path, json_out: bool) -> None:
+def _print_estimates(estimates: dict[str, Any], source: Path, json_out: bool) -> None:
     """The ranking as a rich table (rank interval, P(rank 1), ΔSI and p included) and the
     reliability reading; --json prints the same data as the estimates.json structure (MI in
     bits, CoT share and the rest are there and in the report)."""
@@ -89,7 +89,11 @@ def _print_estimates(estimates: dict[str, Any], run_dir: Path, json_out: bool) -
     conf = f"{100 * float(estimates.get('settings', {}).get('confidence', 0.95)):g}%"
     # 12 columns fit 120 characters (the width used when stdout is not a terminal); in a narrower
     # terminal the set name folds onto a second line rather than disappearing.
-    table = Table(title=f"Sufficiency Index ranking — {run_dir}", box=None, header_style="bold")
+    settings = estimates.get("settings", {})
+    span, critic = settings.get("span", "cot"), settings.get("critic", "sum")
+    # SI is the cot span under the summed critic (SI-SPEC §4); other choices are named as such.
+    what = "Sufficiency Index ranking" if (span, critic) == ("cot", "sum") else f"Ranking by span {span}, critic {critic}"
+    table = Table(title=f"{what} — {source}", box=None, header_style="bold")
     columns = ("#", "set", "K", "SI", f"{conf} CI", f"rank {conf}", "P(rank 1)", "ΔSI", "p", "acc/chance",
                "format", "tied")
     for col in columns:
@@ -183,7 +187,7 @@ def estimate(
                      else "nothing written (a bare scores file has no run folder)")
             err.print(f"span {span}, critic {critic}: {where}", highlight=False)
         # The table's title names the span and critic: a non-default choice is not SI.
-        _print_estimates(result, f"{source} — span {span}, critic {critic}", json_out)  # type: ignore[arg-type]
+        _print_estimates(result, source, json_out)
 
 
 @app.command()
