@@ -18,7 +18,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -64,9 +63,18 @@ def terminal_text(text: str) -> str:
     return escape(shown)
 
 
+def _current_context() -> Any:
+    """The running command's context: typer >= 0.20 keeps its own copy of click, older ones use click."""
+    try:
+        from typer._click.globals import get_current_context
+    except ImportError:  # typer < 0.20 runs on the click package
+        from click import get_current_context
+    return get_current_context(silent=True)
+
+
 def debug_enabled() -> bool:
     """Whether the root command was given --debug (False outside a command, e.g. under torchrun)."""
-    ctx = click.get_current_context(silent=True)
+    ctx = _current_context()
     root = ctx.find_root() if ctx is not None else None
     return bool(root is not None and isinstance(root.obj, dict) and root.obj.get("debug"))
 
