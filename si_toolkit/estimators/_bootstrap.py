@@ -37,6 +37,10 @@ class Interval:
         """True when low <= value <= high (False when undefined)."""
         return self.low is not None and self.high is not None and self.low <= value <= self.high
 
+    def to_list(self) -> list[float] | None:
+        """[low, high] as estimates.json stores it, or None when undefined."""
+        return None if self.low is None or self.high is None else [self.low, self.high]
+
 
 _UNDEFINED = Interval(None, None, "undefined")
 _MAX_CELLS_PER_BATCH = 4_000_000  # resampled values held at once (32 MB of float64)

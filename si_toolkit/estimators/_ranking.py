@@ -36,6 +36,26 @@ class RankEntry:
     rank_interval: tuple[int, int] | None = None
     p_rank1: float | None = None
 
+    def to_record(self) -> dict[str, object]:
+        """The `ranking` entry of estimates.json (docs/run-folder.md): plain JSON values, None
+        wherever a number is undefined."""
+        c = self.comparison
+        return {
+            "rank": self.rank, "set": self.name, "si": _finite(self.si), "si_ci": self.si_ci.to_list(),
+            "delta_to_leader": None if c is None else _finite(c.delta),
+            "delta_ci": None if c is None else c.ci.to_list(),
+            "p_value": None if c is None else _finite(c.p_value),
+            "p_floor": None if c is None else _finite(c.p_floor),
+            "p_at_floor": None if c is None else c.p_at_floor,
+            "tied_with_leader": self.tied_with_leader,
+            "rank_interval": None if self.rank_interval is None else list(self.rank_interval),
+            "p_rank1": _finite(self.p_rank1),
+        }
+
+
+def _finite(value: float | None) -> float | None:
+    return None if value is None or not np.isfinite(value) else float(value)
+
 
 def common_prompt_matrix(si_by_set: Mapping[str, Mapping[str, float]], names: Sequence[str]) -> FloatArray:
     """(n_sets, n_common) per-prompt values of `names` (rows, in that order) on the prompts they

@@ -184,22 +184,6 @@ def _estimate_set(name: str, scores: pd.DataFrame, samples: pd.DataFrame | None,
     return entry, per_prompt
 
 
-def ranking_row(e: est.RankEntry) -> dict[str, Any]:
-    """One `ranking` entry of estimates.json (docs/run-folder.md) from an estimators.RankEntry."""
-    c = e.comparison
-    return {
-        "rank": e.rank, "set": e.name, "si": _num(e.si), "si_ci": _interval(e.si_ci),
-        "delta_to_leader": None if c is None else _num(c.delta),
-        "delta_ci": None if c is None else _interval(c.ci),
-        "p_value": None if c is None else _num(c.p_value),
-        "p_floor": None if c is None else _num(c.p_floor),
-        "p_at_floor": None if c is None else c.p_at_floor,
-        "tied_with_leader": e.tied_with_leader,
-        "rank_interval": None if e.rank_interval is None else list(e.rank_interval),
-        "p_rank1": None if e.p_rank1 is None else _num(e.p_rank1),
-    }
-
-
 def reliability_entry(rel: est.SplitHalfReliability) -> dict[str, Any]:
     """The `reliability` object of estimates.json from an estimators.SplitHalfReliability."""
     return {"rho": _num(rel.rho), "rho_sb": _num(rel.rho_sb), "n_prompts": rel.n_prompts, "n_sets": rel.n_sets,
@@ -208,7 +192,7 @@ def reliability_entry(rel: est.SplitHalfReliability) -> dict[str, Any]:
 
 def _ranking(si_by_set: dict[str, dict[str, float]], s: _Settings) -> list[dict[str, Any]]:
     entries = est.rank_sets(si_by_set, n_resamples=s.n_bootstrap, confidence=s.confidence, seed=s.seed)
-    return [ranking_row(e) for e in entries]
+    return [e.to_record() for e in entries]
 
 
 def _reliability(si_by_set: dict[str, dict[str, float]], seed: int) -> dict[str, Any]:

@@ -45,7 +45,7 @@ def complete_estimates(estimates: dict[str, Any], scores: pd.DataFrame | None) -
     per_prompt = _per_prompt_si(out)
     if per_prompt is not None:
         entries = est.rank_sets(per_prompt, n_resamples=n_boot, confidence=confidence, seed=seed)
-        out["ranking"] = [_ranking_row(e) for e in entries]
+        out["ranking"] = [e.to_record() for e in entries]
         matrix = est.common_prompt_matrix(per_prompt, list(per_prompt))
         out["reliability"] = _reliability(est.split_half_reliability(matrix, seed=seed))
         done.append("ΔSI CIs, p-values, rank intervals and the reliability (from the per-prompt SI)")
@@ -84,26 +84,6 @@ def _num(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(value) else float(value)
 
 
-def _interval(interval: est.Interval) -> list[float] | None:
-    return None if interval.low is None or interval.high is None else [interval.low, interval.high]
-
-
-def _ranking_row(e: est.RankEntry) -> dict[str, Any]:
-    """The same keys and values as the estimate stage writes (checked by tests/test_report.py)."""
-    c = e.comparison
-    return {
-        "rank": e.rank, "set": e.name, "si": _num(e.si), "si_ci": _interval(e.si_ci),
-        "delta_to_leader": None if c is None else _num(c.delta),
-        "delta_ci": None if c is None else _interval(c.ci),
-        "p_value": None if c is None else _num(c.p_value),
-        "p_floor": None if c is None else _num(c.p_floor),
-        "p_at_floor": None if c is None else c.p_at_floor,
-        "tied_with_leader": e.tied_with_leader,
-        "rank_interval": None if e.rank_interval is None else list(e.rank_interval),
-        "p_rank1": _num(e.p_rank1),
-    }
-
-
 def _reliability(rel: est.SplitHalfReliability) -> dict[str, Any]:
     return {"rho": _num(rel.rho), "rho_sb": _num(rel.rho_sb), "n_prompts": rel.n_prompts, "n_sets": rel.n_sets,
             "n_splits": rel.n_splits, "level": rel.level, "reading": est.describe_reliability(rel)}
@@ -125,8 +105,8 @@ def _accuracy_from_scores(estimates: dict[str, Any], scores: pd.DataFrame | None
     for name, (per_prompt, per_variant) in updates.items():
         entry = estimates["sets"][name]
         entry["accuracy"] = float(per_prompt.mean())
-        entry["accuracy_ci"] = _interval(est.bootstrap_mean_ci(per_prompt, n_resamples=n_boot,
-                                                               confidence=confidence, seed=seed))
+        entry["accuracy_ci"] = est.bootstrap_mean_ci(per_prompt, n_resamples=n_boot, confidence=confidence,
+                                                     seed=seed).to_list()
         for item in entry.get("per_variant") or []:
             j = item.get("variant")
             if isinstance(j, int) and 0 <= j < len(per_variant):
