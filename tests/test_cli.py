@@ -263,3 +263,24 @@ def test_rank_table_shows_rank_intervals_and_reliability(tiny_model_dir, sets, t
     assert estimates["reliability"]["reading"].startswith("With 5 prompts the ordering is")
     shown = [r for r in estimates["ranking"] if r["rank"] > 1]
     assert all(r["p_floor"] == 0.2 and r["p_value"] >= 0.2 for r in shown)  # 5 prompts: no p finer than 1/5
+
+
+def test_long_paths_stay_on_one_line_when_piped(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    deep = tmp_path / ("a-rather-long-folder-name-" * 4) / ("and-another-one-" * 4)
+    deep.mkdir(parents=True)
+    path = deep / "persona.yaml"
+    path.write_text(ALT)
+    result = subprocess.run([sys.executable, "-m", "si_toolkit", "principles", "validate", str(path)],
+                            capture_output=True, text=True, check=True)
+    assert len(str(path)) > 120 and str(path) in result.stdout  # not folded at the console width
+
+
+def test_version_and_plain_help() -> None:
+    from si_toolkit import __version__
+
+    assert runner.invoke(app, ["--version"]).stdout.strip() == f"si-toolkit {__version__}"
+    help_text = runner.invoke(app, ["eval", "--help"]).stdout
+    assert "[eval]" in " ".join(help_text.split())  # an extra's name, not eaten as markup
