@@ -52,6 +52,8 @@ def _summary_table(summaries: dict[str, dict[str, Any]]) -> Table:
 
 
 def _comparison_table(comparison: dict[str, Any]) -> Table:
+    from si_toolkit.report.tables import fmt_p  # "≤ 1/n" where the data cannot resolve a smaller p
+
     table = Table(title=f"A − B on {comparison['n_items']} paired items")
     for col in ("metric", "A", "B", "A − B", "95% CI", "p", "only A", "only B"):
         table.add_column(col, justify="left" if col == "metric" else "right")
@@ -59,7 +61,7 @@ def _comparison_table(comparison: dict[str, Any]) -> Table:
         ci = m["delta_ci"]
         table.add_row(metric, f"{m['a']:.3f}", f"{m['b']:.3f}", f"{m['delta']:+.3f}",
                       f"[{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "n/a",
-                      "n/a" if m["p_value"] is None else f"{m['p_value']:.3f}", str(m["only_a"]), str(m["only_b"]))
+                      fmt_p(m["p_value"], m.get("p_at_floor")), str(m["only_a"]), str(m["only_b"]))
     return table
 
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from si_toolkit.estimators import spearman_with_ci
 from si_toolkit.report.document import Figure, Table
+from si_toolkit.report.tables import fmt_p
 from si_toolkit.report.page import Block, Page, Section, render_page_html, render_page_markdown
 from si_toolkit.safeio import atomic_write_bytes, atomic_write_text
 
@@ -83,6 +84,7 @@ def _ablation(runs: list[dict[str, Any]], evals: dict[str, Any]) -> list[dict[st
         out.append({"set": run["set"], "seed": run["seed"], "enigma_accuracy": cmp["correct"]["a"],
                     "grpo_accuracy": cmp["correct"]["b"], "delta": cmp["correct"]["delta"],
                     "delta_ci": cmp["correct"]["delta_ci"], "p_value": cmp["correct"]["p_value"],
+                    "p_at_floor": cmp["correct"].get("p_at_floor", False),
                     "format_delta": cmp["format_ok"]["delta"], "format_delta_ci": cmp["format_ok"]["delta_ci"]})
     return out
 
@@ -163,7 +165,7 @@ def _tables(result: dict[str, Any]) -> list[Table]:
     runs = [(r["name"], _fmt(r["si"]), _fmt(r["accuracy"]), f"{_fmt(r['accuracy_gain'])} {_fmt(r['accuracy_gain_ci'])}",
              _fmt(r["adherence_gain"]), _fmt(r["reward_volatility"])) for r in result["runs"]]
     ablation = [(a["set"], str(a["seed"]), _fmt(a["enigma_accuracy"]), _fmt(a["grpo_accuracy"]),
-                 f"{_fmt(a['delta'])} {_fmt(a['delta_ci'])}", _fmt(a["p_value"])) for a in result["ablation"]]
+                 f"{_fmt(a['delta'])} {_fmt(a['delta_ci'])}", fmt_p(a["p_value"], a.get("p_at_floor"))) for a in result["ablation"]]
     corr = [(OUTCOMES[k], _fmt(v["rho"]), _fmt(v["ci"]), str(v["n"])) for k, v in result["correlations"].items()]
     return [
         Table("Runs", ("run", "SI of its set", "accuracy", "gain vs base [95 % CI]", "adherence gain",

@@ -320,8 +320,7 @@ def compare_items(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]], *, n
         result = paired_comparison(va, vb, n_resamples=n_resamples, seed=seed)
         out["metrics"][metric] = {
             "a": float(va.mean()), "b": float(vb.mean()), "delta": result.delta,
-            "delta_ci": None if result.ci.low is None else [result.ci.low, result.ci.high],
-            "p_value": result.p_value,
+            "delta_ci": result.ci.to_list(), "p_value": result.p_value, "p_at_floor": result.p_at_floor,
             "both": int(np.sum((va == 1) & (vb == 1))), "only_a": int(np.sum((va == 1) & (vb == 0))),
             "only_b": int(np.sum((va == 0) & (vb == 1))), "neither": int(np.sum((va == 0) & (vb == 0))),
         }
