@@ -22,6 +22,7 @@ __all__ = [
     "PREFILL",
     "ParsedResponse",
     "render_messages",
+    "render_system",
     "render_prompt_ids",
     "render_prompt_text",
     "parse_response",
@@ -51,9 +52,14 @@ class ParsedResponse:
     format_ok: bool
 
 
+def render_system(variant_text: str) -> str:
+    """The system prompt of one variant: its text, a blank line, then the CoT instruction."""
+    return f"{variant_text.strip()}\n\n{COT_INSTRUCTION}"
+
+
 def render_messages(variant_text: str, prompt_text: str, *, system_role: bool = True) -> list[dict[str, str]]:
     """Chat messages for one (variant, prompt); without a system role the principle leads the user turn."""
-    system = f"{variant_text.strip()}\n\n{COT_INSTRUCTION}"
+    system = render_system(variant_text)
     if system_role:
         return [{"role": "system", "content": system}, {"role": "user", "content": prompt_text}]
     return [{"role": "user", "content": f"{system}\n\n{prompt_text}"}]

@@ -1,4 +1,4 @@
-"""Prompt sets: the n prompts x that every variant is sampled on (SI-SPEC §1).
+"""Prompt sets: the n prompts x that every variant is sampled on (SI-SPEC §1; for users: docs/prompts.md).
 
 A prompt set comes from one of two places:
 

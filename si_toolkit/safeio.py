@@ -6,6 +6,7 @@ renamed into place, so a killed process leaves either the old file or the new on
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import tempfile
@@ -16,7 +17,8 @@ import yaml
 
 from si_toolkit.errors import SIError
 
-__all__ = ["read_yaml_mapping", "atomic_write_bytes", "atomic_write_text", "atomic_write_json"]
+__all__ = ["read_yaml_mapping", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "move_aside",
+           "claim_result_folder"]
 
 MAX_YAML_BYTES = 1_000_000
 
@@ -95,3 +97,32 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n")
+
+
+def move_aside(path: Path) -> Path:
+    """Rename a folder to `<name>.replaced-<UTC time>` beside it (nothing is deleted); return the new path."""
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    target = path.with_name(f"{path.name}.replaced-{stamp}")
+    n = 1
+    while target.exists():  # two replacements within one second
+        n += 1
+        target = path.with_name(f"{path.name}.replaced-{stamp}-{n}")
+    os.replace(path, target)
+    return target
+
+
+def claim_result_folder(path: Path, *, force_new: bool) -> Path | None:
+    """Make `path` ready for a command's results without overwriting earlier ones.
+
+    A missing or empty folder is used as it is. A folder holding anything is refused (SIError),
+    or with `force_new` moved aside (see `move_aside`); returns where it was moved, else None.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise SIError(f"{path}: exists and is not a folder; choose another --out")
+    if not path.is_dir() or not any(path.iterdir()):
+        return None
+    if not force_new:
+        raise SIError(f"{path}: holds the results of an earlier run; use another --out, or --force-new to "
+                      f"move it aside (to {path.name}.replaced-<time>) and start afresh")
+    return move_aside(path)

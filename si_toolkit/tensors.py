@@ -10,16 +10,18 @@ rows, because estimating from a partial grid would silently bias every number.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
 from si_toolkit.errors import SIError
 
-__all__ = ["SCORE_COLUMNS", "SPANS", "ScoreTensor", "score_tensor"]
+__all__ = ["SCORE_COLUMNS", "SPANS", "Span", "ScoreTensor", "score_tensor"]
 
 SCORE_COLUMNS = ("set", "prompt_id", "condition", "variant", "replicate", "span", "logp_sum", "n_tokens")
-SPANS = ("cot", "answer", "full")  # SI-SPEC §1
+Span = Literal["cot", "answer", "full"]  # SI-SPEC §1: the one list of span names
+SPANS: tuple[str, ...] = get_args(Span)
 _CELL = ["condition", "variant", "replicate"]
 _MAX_NAMED = 5  # how many offending rows an error message lists
 _RERUN = "rerun `si score` on this run folder to recompute them"

@@ -176,3 +176,23 @@ def test_shared_stems_group_rows_by_principle() -> None:
     assert len(stems[row_stem[6]]) <= len(template) + 40  # a lone row's stem is capped by the shared ones
     assert shared_stems([[1, 2, 3], [4, 5, 6]]) == ([[], []], [0, 1])  # nothing shared: no stem pass
     assert MIN_SHARED_STEM > 5
+
+
+def test_greedy_is_argmax_and_independent_of_batch_mates(tiny_backend) -> None:
+    import torch
+
+    prompts = [render_prompt_ids(tiny_backend.tokenizer, "Be brief.", q) for q in ("hi there", "two plus two is what?")]
+    batched = tiny_backend.greedy(prompts, 6, batch_size=2)
+    alone = [tiny_backend.greedy([p], 6)[0] for p in prompts]
+    assert [g.token_ids for g in batched] == [g.token_ids for g in alone]
+    # Each token is the argmax of a plain forward pass over the prompt and the tokens before it.
+    model = tiny_backend.model
+    for prompt, gen in zip(prompts, alone):
+        ids = list(prompt)
+        for token in gen.token_ids:
+            with torch.no_grad():
+                logits = model(torch.tensor([ids])).logits[0, -1]
+            assert token == int(logits.argmax())
+            ids.append(token)
+        assert gen.finish_reason == ("stop" if gen.token_ids[-1] in tiny_backend._eos_ids() else "length")
+        assert gen.finish_reason == "stop" or len(gen.token_ids) == 6

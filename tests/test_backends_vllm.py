@@ -138,6 +138,14 @@ def test_same_token_ids_as_the_transformers_backend(engine, embedded_backend) ->
 
 
 @pytest.mark.vllm
+def test_greedy_matches_the_transformers_backend_fp32(engine, embedded_backend) -> None:
+    prompts = _prompts(engine.tokenizer)[:6]
+    ours, ref = engine.greedy(prompts, 24), embedded_backend.greedy(prompts, 24)
+    assert [g.token_ids for g in ours] == [g.token_ids for g in ref]
+    assert [g.finish_reason for g in ours] == [g.finish_reason for g in ref]
+
+
+@pytest.mark.vllm
 def test_scores_match_the_transformers_backend_fp32(engine, embedded_backend, sampled) -> None:
     prompts, gens = sampled
     # Every response under every prompt: the full cross matrix the scoring stage builds.

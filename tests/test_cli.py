@@ -135,3 +135,131 @@ def test_principles_validate_and_show(write_set) -> None:
     assert result.exit_code == 0 and "K = 3" in result.output
     result = runner.invoke(app, ["principles", "show", str(path)])
     assert "1. Be long-winded." in result.output and "flip:brief" in result.output
+
+
+# ----------------------------------------------------------------------------- si estimate: span, critic, files
+
+
+def test_estimate_names_span_and_critic_and_keeps_estimates_json(tiny_model_dir, sets, tmp_path) -> None:
+    run = tmp_path / "run"
+    assert _rank([*sets, *_base(tiny_model_dir, run)]).exit_code == 0
+    default = (run / "estimates.json").read_bytes()
+    result = runner.invoke(app, ["estimate", str(run), "--span", "full", "--critic", "mean", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["settings"]["span"] == "full" and data["settings"]["critic"] == "mean"
+    assert json.loads((run / "estimates-full-mean.json").read_text()) == data  # written beside, not instead
+    assert (run / "estimates.json").read_bytes() == default  # SI's own file is untouched
+    assert f"wrote {run / 'estimates-full-mean.json'}" in result.stderr.replace("\n", "")
+    table = runner.invoke(app, ["estimate", str(run), "--span", "answer", "--quiet"])
+    assert table.exit_code == 0 and "span answer, critic sum" in table.stdout.replace("\n", " ")
+    assert table.stderr == "" and (run / "estimates-answer-sum.json").is_file()
+    again = runner.invoke(app, ["estimate", str(run), "--json"])  # the default settings rewrite estimates.json
+    assert json.loads((run / "estimates.json").read_text()) == json.loads(again.stdout)
+    assert json.loads(again.stdout)["settings"]["span"] == "cot" and "wrote" in again.stderr
+    bare = runner.invoke(app, ["estimate", str(run / "scores.parquet"), "--critic", "mean"])
+    assert bare.exit_code == 0 and "nothing written" in bare.stderr and "critic mean" in bare.stdout
+
+
+# ----------------------------------------------------------------------------- output folders
+
+
+def test_rank_folder_is_named_after_the_sizes_it_uses(tiny_model_dir, write_set, tmp_path, monkeypatch) -> None:
+    from si_toolkit.backends.base import SamplingConfig
+    from si_toolkit.rank.pipeline import RankConfig, run_name
+
+    quick = RankConfig(n_prompts=12, sampling=SamplingConfig(max_new_tokens=48, replicates=1))
+    assert run_name(["a", "b"], quick) == "a+b-quick"
+    assert run_name(["a"], RankConfig(n_prompts=40, sampling=SamplingConfig(max_new_tokens=48))) == "a-n40-r1-t48"
+    assert run_name(["a"], RankConfig(n_prompts=12, sampling=SamplingConfig(max_new_tokens=48, seed=3))) == "a-quick-seed3"
+    monkeypatch.chdir(tmp_path)
+    path = str(write_set("persona", ALT))
+    common = [path, "--model", str(tiny_model_dir), "--prepare-only", "--profile", "quick"]
+    assert _rank([*common, "--n-prompts", "40"]).exit_code == 0
+    assert _rank(common).exit_code == 0
+    assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == ["persona-n40-r1-t48", "persona-quick"]
+
+
+def test_rank_on_a_finished_folder_says_it_reused_it(tiny_model_dir, sets, tmp_path) -> None:
+    run = tmp_path / "run"
+    first = _rank([*sets, *_base(tiny_model_dir, run)])
+    assert first.exit_code == 0 and "reused" not in first.stderr
+    scores = (run / "scores.parquet").stat().st_mtime_ns
+    second = _rank([*sets, *_base(tiny_model_dir, run)])
+    assert second.exit_code == 0 and "reused its finished samples and scores" in second.stderr.replace("\n", " ")
+    assert (run / "scores.parquet").stat().st_mtime_ns == scores  # nothing was scored again
+
+
+def _checkpoints(tiny_model_dir: Path, root: Path) -> list[Path]:
+    """Two training runs that each wrote a checkpoint-2 (copies of the tiny model)."""
+    import shutil
+
+    return [Path(shutil.copytree(tiny_model_dir, root / run / "checkpoint-2")) for run in ("run-a", "run-b")]
+
+
+def test_eval_folders_are_per_training_run_and_never_overwritten(tiny_model_dir, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    a, b = _checkpoints(tiny_model_dir, tmp_path / "train")
+    small = ["--n-items", "2", "--max-new-tokens", "4", "--dtype", "float32", "--quiet"]
+    for checkpoint in (a, b):
+        result = runner.invoke(app, ["eval", str(checkpoint), *small], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+    reports = tmp_path / "reports"
+    assert sorted(p.name for p in reports.iterdir()) == ["eval-run-a-checkpoint-2", "eval-run-b-checkpoint-2"]
+    summary = (reports / "eval-run-a-checkpoint-2" / "summary.json").read_bytes()
+    refused = runner.invoke(app, ["eval", str(a), *small])
+    assert refused.exit_code == 2 and "--force-new" in refused.output and "earlier run" in refused.output
+    assert (reports / "eval-run-a-checkpoint-2" / "summary.json").read_bytes() == summary
+    moved = runner.invoke(app, ["eval", str(a), *small, "--force-new"], catch_exceptions=False)
+    assert moved.exit_code == 0, moved.output
+    aside = [p for p in reports.iterdir() if p.name.startswith("eval-run-a-checkpoint-2.replaced-")]
+    assert len(aside) == 1 and (aside[0] / "summary.json").read_bytes() == summary  # moved, not lost
+    assert (reports / "eval-run-a-checkpoint-2" / "summary.json").is_file()
+
+
+def test_geometry_folders_are_per_training_run_and_never_overwritten(tiny_model_dir, write_set, tmp_path,
+                                                                     monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    a, _ = _checkpoints(tiny_model_dir, tmp_path / "train")
+    args = ["geometry", str(tiny_model_dir), str(a), "--principles", str(write_set("persona", ALT)),
+            "--n-prompts", "2", "--dtype", "float32"]
+    assert runner.invoke(app, args, catch_exceptions=False).exit_code == 0
+    folder = tmp_path / "reports" / "geometry-run-a-checkpoint-2"
+    first = (folder / "geometry.json").read_bytes()
+    refused = runner.invoke(app, args)
+    assert refused.exit_code == 2 and "--force-new" in refused.output
+    assert runner.invoke(app, [*args, "--force-new"], catch_exceptions=False).exit_code == 0
+    aside = list((tmp_path / "reports").glob("geometry-run-a-checkpoint-2.replaced-*"))
+    assert len(aside) == 1 and (aside[0] / "geometry.json").read_bytes() == first
+    assert (folder / "geometry.json").is_file()
+
+
+# ----------------------------------------------------------------------------- si principles show
+
+
+def test_principles_show_prints_each_exact_system_prompt_escaped(write_set) -> None:
+    from si_toolkit.chat import COT_INSTRUCTION, render_system
+
+    path = write_set("marked", 'mode: alternatives\nprinciples:\n  - id: loud\n    text: "Use [bold]markup[/bold] '
+                               '\\e[31m and \\u202e."\n  - id: plain\n    text: Be plain.\n')
+    result = runner.invoke(app, ["principles", "show", str(path)])
+    assert result.exit_code == 0, result.output
+    assert render_system("Be plain.") in result.stdout  # the whole system prompt, CoT instruction included
+    assert render_system("Be plain.").endswith(COT_INSTRUCTION)
+    assert "Use [bold]markup[/bold] \\x1b[31m and \\u202e." in result.stdout  # shown, not interpreted
+    assert "\x1b" not in result.stdout and "\u202e" not in result.stdout
+    data = json.loads(runner.invoke(app, ["principles", "show", str(path), "--json"]).stdout)
+    assert [v["system_prompt"] for v in data["variants"]] == [
+        render_system("Use [bold]markup[/bold] \x1b[31m and \u202e."), render_system("Be plain.")]
+def test_rank_table_shows_rank_intervals_and_reliability(tiny_model_dir, sets, tmp_path) -> None:
+    run = tmp_path / "run"
+    assert _rank([*sets, *_base(tiny_model_dir, run)]).exit_code == 0
+    result = runner.invoke(app, ["estimate", str(run), "--n-bootstrap", "200"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    estimates = json.loads((run / "estimates.json").read_text())
+    for col in ("rank 95%", "P(rank 1)", "ΔSI", "p"):
+        assert col in result.stdout
+    assert estimates["reliability"]["reading"] in " ".join(result.stdout.split())
+    assert estimates["reliability"]["reading"].startswith("With 5 prompts the ordering is")
+    shown = [r for r in estimates["ranking"] if r["rank"] > 1]
+    assert all(r["p_floor"] == 0.2 and r["p_value"] >= 0.2 for r in shown)  # 5 prompts: no p finer than 1/5

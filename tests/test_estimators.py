@@ -302,6 +302,12 @@ def test_ranking_marks_ties_with_the_leader() -> None:
     assert rows[1].tied_with_leader and not rows[2].tied_with_leader
     assert rows[0].si >= rows[1].si >= rows[2].si
     assert rows[2].comparison is not None and rows[2].comparison.delta < 0
+    # Rank intervals from the same resamples: the two near-equal sets swap ranks, weak is last.
+    assert rows[0].rank_interval == (1, 2) and rows[1].rank_interval == (1, 2) and rows[2].rank_interval == (3, 3)
+    assert rows[0].p_rank1 is not None and rows[1].p_rank1 is not None
+    assert rows[0].p_rank1 + rows[1].p_rank1 == pytest.approx(1.0) and rows[2].p_rank1 == 0.0
+    matrix = est.common_prompt_matrix(si, [r.name for r in rows])
+    assert est.rank_uncertainty(matrix, n_resamples=500).rank_interval == tuple(r.rank_interval for r in rows)
 
 
 def test_ranking_uses_common_prompts_only() -> None:
@@ -311,8 +317,10 @@ def test_ranking_uses_common_prompts_only() -> None:
     assert rows[1].comparison.n_prompts == 2  # p2 and p3
     assert rows[1].comparison.delta == pytest.approx(((0.5 - 0.8) + (0.5 - 0.7)) / 2)
     # Disjoint prompts: nothing to pair, so the data cannot separate the sets.
+    assert est.common_prompt_matrix(si, ["b", "a"]).tolist() == [[0.5, 0.5], [0.8, 0.7]]  # p2, p3
     rows = est.rank_sets({"a": {"p1": 0.9}, "b": {"q1": 0.1}})
     assert rows[1].comparison is None and rows[1].tied_with_leader
+    assert rows[0].rank_interval == (1, 2) and rows[0].p_rank1 is None  # no common prompt to resample
     assert est.rank_sets({}) == []
 
 

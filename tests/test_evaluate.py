@@ -197,7 +197,8 @@ def test_eval_and_compare_end_to_end_on_the_tiny_model(tiny_model_dir: Path, tmp
     stale = runner.invoke(_app(), [*args[:3], earlier, "--n-items", "3", "--max-new-tokens", "5",
                                    "--out", str(tmp_path / "stale"), "--quiet"])
     assert stale.exit_code == 2 and "max_new_tokens" in stale.output
-    reused = runner.invoke(_app(), [*args[:3], earlier, *args[4:-1], "--json"], catch_exceptions=False)
+    reused = runner.invoke(_app(), [*args[:3], earlier, *args[4:8], "--out", str(tmp_path / "reused"), "--quiet", "--json"],
+                           catch_exceptions=False)
     assert reused.exit_code == 0, reused.output
     assert json.loads(reused.stdout)["comparison"]["metrics"]["correct"]["delta"] == 0.0
 

@@ -74,3 +74,51 @@ def test_permission_denied_output_folder(tiny_model_dir, tmp_path) -> None:
     args[args.index("--out") + 1] = "/sys/si-toolkit-run"  # not writable, even for root
     result = runner.invoke(app, args)
     assert result.exit_code == 1 and "/sys/si-toolkit-run" in result.output and "Traceback" not in result.output
+
+
+# --------------------------------------------------------------------- si train: the same contract
+
+
+def _train_args(tiny_model_dir: Path, tmp_path: Path) -> list[str]:
+    (tmp_path / "set.yaml").write_text(SET)
+    return ["train", "--principles", str(tmp_path / "set.yaml"), "--model", str(tiny_model_dir), "--out",
+            str(tmp_path / "train"), "--quiet", "--set", "max_steps=2", "--set", "prompts_per_step=2",
+            "--set", "num_generations=4", "--set", "max_completion_length=6", "--set", "n_prompts=4",
+            "--set", "tensorboard=false", "--preset", "grpo"]
+
+
+def test_train_disk_full_exits_1_naming_the_path(tiny_model_dir, tmp_path, monkeypatch) -> None:
+    import si_toolkit.train.trainer as trainer
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "train" / "checkpoint-2"))
+
+    monkeypatch.setattr(trainer, "save_checkpoint", full_disk)
+    result = runner.invoke(app, _train_args(tiny_model_dir, tmp_path))
+    assert result.exit_code == 1, result.output
+    assert "No space left on device" in result.output and "checkpoint-2" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_train_ctrl_c_exits_130_with_the_resume_hint(tiny_model_dir, tmp_path, monkeypatch) -> None:
+    import si_toolkit.train.trainer as trainer
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "train_step", interrupted)
+    result = runner.invoke(app, _train_args(tiny_model_dir, tmp_path))
+    assert result.exit_code == 130
+    assert "interrupted" in result.output and "rerun the same command to resume" in result.output
+
+
+@pytest.mark.parametrize("command", [["train", "--principles", "missing.yaml"], ["rank", "missing.yaml"]],
+                         ids=["train", "rank"])
+def test_debug_shows_the_traceback_of_a_user_error(command, tmp_path, monkeypatch) -> None:
+    from si_toolkit.errors import SIError
+
+    monkeypatch.chdir(tmp_path)
+    plain = runner.invoke(app, command)
+    assert plain.exit_code == 2 and "missing.yaml" in plain.output and "Traceback" not in plain.output
+    debug = runner.invoke(app, ["--debug", *command])
+    assert isinstance(debug.exception, SIError) and "missing.yaml" in str(debug.exception)

@@ -13,7 +13,7 @@ import pytest
 
 from si_toolkit.data import make_arithmetic
 from si_toolkit.errors import SIError
-from si_toolkit.prompts import KINDS, Prompt, PromptSet, load_prompts, prompt_hash
+from si_toolkit.prompts import BUILTINS, KINDS, Prompt, PromptSet, load_prompts, prompt_hash
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, object]]) -> Path:
@@ -437,3 +437,19 @@ def test_unsafe_ids_are_refused(tmp_path: Path, bad: str) -> None:
 def test_bad_optional_fields(tmp_path: Path, row: dict[str, object], parts: list[str]) -> None:
     path = _write_jsonl(tmp_path / "data.jsonl", [row])
     _raises(path, str(path), "line 1", *parts)
+
+
+def test_docs_prompts_md_examples_and_counts_hold(tmp_path: Path) -> None:
+    """docs/prompts.md documents the formats for users: its examples load as it says, its counts are right."""
+    doc = (Path(__file__).parents[1] / "docs" / "prompts.md").read_text(encoding="utf-8")
+    for name in BUILTINS:
+        assert f"| `builtin:{name}` | {len(load_prompts(f'builtin:{name}'))} |" in doc
+    loaded = []
+    for suffix in ("jsonl", "csv"):
+        example = re.search(rf"```{suffix}\n(.*?)```", doc, re.DOTALL)
+        assert example is not None, f"docs/prompts.md lost its .{suffix} example"
+        path = tmp_path / f"example.{suffix}"
+        path.write_text(example.group(1), encoding="utf-8")
+        loaded.append(load_prompts(path).records())
+    assert loaded[0] == loaded[1]  # the two examples describe the same prompts
+    assert [(r["id"], r["answer"], r["kind"]) for r in loaded[0]] == [("q1", None, "open"), ("q2", "21", "arithmetic")]

@@ -2,13 +2,16 @@
 
 `make_run` writes a realistic run folder: manifest.json, samples.parquet (with hostile model
 output), scores.parquet (a synthetic channel: the true condition's score is raised by a
-per-set strength), and estimates.json in the documented schema, computed from those scores by
-a small reference implementation here, for three sets (alternatives, antithesis with
-per-principle SI and hostile principle text, and a null control).
+per-set strength), and estimates.json, for three sets (alternatives, antithesis with
+per-principle SI and hostile principle text, and a null control). By default estimates.json is
+what the estimate stage writes from those scores; with `legacy=True` it is a file as an earlier
+version wrote it (no rank intervals or reliability, ties counted as misses, a recentred-bootstrap
+p-value), computed by a small reference implementation here.
 """
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import shutil
@@ -25,7 +28,7 @@ import pytest
 from si_toolkit.errors import SIError
 from si_toolkit.report import ReportPaths, build_report, response_log_posteriors, select_evidence
 from si_toolkit.report.markdown import fenced, md_text
-from si_toolkit.report.tables import oriented_delta
+from si_toolkit.report.upgrade import complete_estimates
 
 HOSTILE_PRINCIPLE = 'Be honest. <script>alert("principle")</script>'
 HOSTILE_ANTITHESIS = "Deceive when useful. <img src=x onerror=alert('anti')>"
@@ -35,7 +38,8 @@ HOSTILE_COMMAND = "si rank principles/*.yaml --name '<script>alert(\"cmd\")</scr
 
 # name -> (mode, labels, variant texts, strength of the true condition's score, nats)
 SETS: dict[str, tuple[str, list[str], list[str], float]] = {
-    "persona": ("alternatives", ["pirate", "butler"], ["Speak like a pirate.", "Speak like a formal butler."], 2.5),
+    # "x_{1}" looks like the report's formula markup: as user text it must stay literal.
+    "persona": ("alternatives", ["pirate", "butler"], ["Speak like a pirate x_{1}.", "Speak like a formal butler."], 2.5),
     "constitution": (
         "antithesis",
         ["all-positive", "flip:honest", "flip:careful", "flip:kind"],
@@ -63,7 +67,7 @@ def _bounds(L: np.ndarray) -> dict[str, Any]:
     ell = np.einsum("xjjr->xjr", post)  # true-variant log posterior, (n, K, R)
     row = np.einsum("xiir->xir", L) - _lse(L, 2)  # (n, K, R)
     others = np.where(np.eye(k, dtype=bool)[None, :, :, None], -np.inf, L).max(axis=1)  # best wrong condition
-    hits = np.einsum("xjjr->xjr", L) > others  # ties count as misses (SI-SPEC §3)
+    hits = np.einsum("xjjr->xjr", L) > others  # ties count as misses (as an earlier version did)
     return {
         "i_col": math.log(k) + ell.mean(axis=(1, 2)),
         "i_row": math.log(k) + row.mean(axis=(1, 2)),
@@ -118,22 +122,23 @@ def _set_estimates(L: dict[str, np.ndarray], mode: str, labels: list[str], fmt_r
 
 
 def _ranking(per_prompt: dict[str, np.ndarray], sis: dict[str, float]) -> list[dict[str, Any]]:
+    """The ranking an earlier version wrote: ΔSI = SI(set) − SI(leader), recentred-bootstrap p."""
     names = sorted(sis, key=lambda s: -sis[s])
     rng = np.random.default_rng(1)
     rows = []
     for rank, name in enumerate(names, 1):
-        d = per_prompt[names[0]] - per_prompt[name]
+        d = per_prompt[name] - per_prompt[names[0]]
         idx = rng.integers(0, len(d), size=(300, len(d)))
         boot = d[idx].mean(axis=1)
         ci = [0.0, 0.0] if rank == 1 else [float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))]
-        p = 1.0 if rank == 1 else float(min(1.0, 2 * min((boot <= 0).mean(), (boot >= 0).mean())))
+        p = 1.0 if rank == 1 else float((1 + np.count_nonzero(np.abs(boot - d.mean()) >= abs(d.mean()))) / 301)
         rows.append({"rank": rank, "set": name, "si": sis[name], "si_ci": [0.0, 0.0], "delta_to_leader": float(d.mean()),
                      "delta_ci": ci, "p_value": p, "tied_with_leader": bool(rank == 1 or ci[0] <= 0 <= ci[1])})
     return rows
 
 
-def make_run(root: Path, n_prompts: int = 24, replicates: int = 2, seed: int = 0) -> Path:
-    """Write a synthetic run folder under `root` and return its path."""
+def make_run(root: Path, n_prompts: int = 24, replicates: int = 2, seed: int = 0, legacy: bool = False) -> Path:
+    """Write a synthetic run folder under `root` and return its path (see the module docstring)."""
     rng = np.random.default_rng(seed)
     run = root / "run"
     run.mkdir(parents=True)
@@ -172,10 +177,18 @@ def make_run(root: Path, n_prompts: int = 24, replicates: int = 2, seed: int = 0
         row["si_ci"] = estimates[row["set"]]["si_ci"]
     pd.DataFrame(samples).to_parquet(run / "samples.parquet")
     pd.DataFrame(scores).to_parquet(run / "scores.parquet")
-    settings = {"span": "cot", "critic": "sum", "n_bootstrap": 300, "confidence": 0.95, "seed": seed}
-    _write(run / "estimates.json", {"schema": "si-toolkit/estimates/v1", "settings": settings,
-                                    "sets": estimates, "ranking": ranking})
-    _write(run / "manifest.json", _manifest(prompts, n_prompts, replicates))
+    manifest = _manifest(prompts, n_prompts, replicates)
+    _write(run / "manifest.json", manifest)
+    if legacy:
+        settings = {"span": "cot", "critic": "sum", "n_bootstrap": 300, "confidence": 0.95, "seed": seed}
+        _write(run / "estimates.json", {"schema": "si-toolkit/estimates/v1", "settings": settings,
+                                        "sets": estimates, "ranking": ranking})
+    else:
+        from si_toolkit.rank.estimation import estimate_run
+
+        _write(run / "estimates.json", estimate_run(
+            pd.DataFrame(scores), pd.DataFrame(samples), manifest["sets"], n_bootstrap=300, seed=seed,
+            prompt_ids=[p["id"] for p in prompts]))
     return run
 
 
@@ -252,9 +265,9 @@ def _tags(markup: str) -> list[tuple[str, list[tuple[str, str | None]]]]:
 def test_build_report_writes_every_file(built: ReportPaths) -> None:
     paths = built
     assert paths.html == built.html.parent / "report.html" and paths.markdown == built.html.parent / "report.md"
-    # 1 ranking figure + (breakdown, confusion) for each of the 3 sets
+    # ranking and rank-interval figures + (breakdown, confusion) for each of the 3 sets
     assert [p.name for p in paths.figures] == [
-        "ranking.png", "set01-breakdown.png", "set01-confusion.png", "set02-breakdown.png",
+        "ranking.png", "rank-intervals.png", "set01-breakdown.png", "set01-confusion.png", "set02-breakdown.png",
         "set02-confusion.png", "set03-breakdown.png", "set03-confusion.png",
     ]
     for png in paths.figures:
@@ -283,8 +296,12 @@ def test_ranking_table_and_csv_follow_the_estimates(built: ReportPaths) -> None:
     table = pd.read_csv(paths.csv)
     assert list(table["set"]) == order
     assert np.allclose(table["si"], [est["sets"][n]["si"] for n in order])
-    # Delta is leader minus set: 0 for the leader, equal to the SI gap for the others.
-    assert np.allclose(table["delta_to_leader"], [est["sets"][order[0]]["si"] - est["sets"][n]["si"] for n in order])
+    # One sign convention everywhere: delta_to_leader = SI(set) − SI(leader), as in estimates.json.
+    assert np.allclose(table["delta_to_leader"], [est["sets"][n]["si"] - est["sets"][order[0]]["si"] for n in order])
+    assert table["delta_to_leader"].tolist() == [r["delta_to_leader"] for r in sorted(est["ranking"], key=lambda r: r["rank"])]
+    assert (table["delta_to_leader"] <= 0).all()
+    assert [[lo, hi] for lo, hi in zip(table["rank_lo"], table["rank_hi"])] == [[1, 1], [2, 2], [3, 3]]
+    assert table["p_rank1"].tolist() == [1.0, 0.0, 0.0] and table["role"].tolist()[2] == "null-control"
     assert np.allclose(table["mi_col_bits"], [est["sets"][n]["mi_col_nats"] / math.log(2) for n in order])
     page = paths.html.read_text(encoding="utf-8")
     body = page[page.index('id="ranking-table"'):]
@@ -297,30 +314,18 @@ def test_headline_states_leader_gap_and_clarity(run_dir: Path) -> None:
     page = build_report(run_dir).html.read_text(encoding="utf-8")
     headline = page[page.index('class="headline"'):].split("</p>")[0]
     assert "persona ranks first with SI = " in headline
-    assert "It leads constitution" in headline
+    assert "ranks first in 100.0 % of the prompt resamples (95 % rank interval: rank 1 only)" in headline
+    assert "Next is constitution" in headline and "ΔSI = SI(constitution) − SI(persona) = -0." in headline
+    assert "p ≤ 0.0033, the finest p 300 bootstrap resamples resolve" in headline
     assert "The lead is statistically clear" in headline  # the synthetic gap is large
 
     def tie(est: dict[str, Any]) -> None:
         second = next(r for r in est["ranking"] if r["rank"] == 2)
-        second["delta_ci"], second["tied_with_leader"] = [-0.05, 0.4], True
+        second["delta_ci"], second["tied_with_leader"] = [-0.4, 0.05], True
 
     _edit_json(run_dir / "estimates.json", tie)
     page = build_report(run_dir).html.read_text(encoding="utf-8")
     assert "The lead is not statistically clear" in page and "tied with constitution" in page
-
-
-@pytest.mark.parametrize(
-    ("stored", "stored_ci", "expected", "expected_ci"),
-    [
-        (0.3, [0.1, 0.5], 0.3, [0.1, 0.5]),  # stored as SI(leader) - SI(set) = 0.8 - 0.5
-        (-0.3, [-0.5, -0.1], 0.3, [0.1, 0.5]),  # stored as SI(set) - SI(leader): flipped
-    ],
-    ids=["leader-minus-set", "set-minus-leader"],
-)
-def test_oriented_delta_accepts_either_sign(stored: float, stored_ci: list[float], expected: float,
-                                            expected_ci: list[float]) -> None:
-    delta, ci = oriented_delta(0.8, {"si": 0.5, "delta_to_leader": stored, "delta_ci": stored_ci})
-    assert delta == pytest.approx(expected) and ci == pytest.approx(expected_ci)
 
 
 def test_clean_run_raises_no_flags(built: ReportPaths) -> None:
@@ -364,16 +369,25 @@ def test_per_set_sections_show_principles_confusion_and_rates(built: ReportPaths
 def test_evidence_shows_most_and_least_identified_chains(built: ReportPaths) -> None:
     page = built.html.read_text(encoding="utf-8")
     evidence = page[page.index('id="evidence"'):page.index('id="method"')]
-    # K <= 4: 2 most + 1 least per variant; 2 + 4 + 2 variants over the three sets
-    assert evidence.count('<article class="ev most">') == 2 * 8
-    assert evidence.count('<article class="ev least">') == 8
+    # K <= 4: 2 most + 1 least per variant; 2 + 4 variants (the null control shows none)
+    assert evidence.count('<article class="ev most">') == 2 * 6
+    assert evidence.count('<article class="ev least">') == 6
     assert "Shown: the first 1200 of" in evidence  # long chains are cut
+    null = evidence.split('<section class="evset">')[3]
+    assert "null-control" in null and "<article" not in null
+    assert "every response of this set has the same posterior for its true variant" in null
+    assert "p(true variant | CoT) = 0.500 (chance is 1/K = 0.500)" in null
 
 
 def test_method_shows_definitions_and_escaped_command(built: ReportPaths) -> None:
     page = built.html.read_text(encoding="utf-8")
     method = page[page.index('id="method"'):]
-    assert "SI(S) = Î_col(C; COT | X) / log K" in method
+    # Formulas render with HTML subscripts; no markup is left as raw text anywhere on the page.
+    assert "SI(S) = Î<sub>col</sub>(C; COT | X) / log K" in method
+    assert "Σ<sub>t ∈ span s</sub> log π(y<sub>j,r,t</sub> | x, c<sub>i</sub>, y<sub>j,r,&lt;t</sub>)" in method
+    assert "ρ<sub>SB</sub> = 2ρ / (1 + ρ)" in method
+    assert "_{" not in page.replace("x_{1}", "")  # only the user's own text keeps its braces
+    assert "Speak like a pirate x_{1}." in page and "<sub>1</sub>" not in page
     assert "--name &#x27;&lt;script&gt;alert(&quot;cmd&quot;)&lt;/script&gt;&#x27;" in method
 
 
@@ -382,7 +396,7 @@ def test_method_shows_definitions_and_escaped_command(built: ReportPaths) -> Non
 _ALLOWED_TAGS = {"html", "head", "meta", "title", "style", "body", "main", "nav", "a", "h1", "h2", "h3", "p",
                  "section", "div", "ul", "li", "table", "caption", "thead", "tbody", "tr", "th", "td", "figure",
                  "img", "figcaption", "small", "details", "summary", "dl", "dt", "dd", "pre", "code", "article",
-                 "strong", "sub", "footer"}
+                 "strong", "sub", "sup", "footer"}
 
 
 @pytest.mark.parametrize("set_name", ["persona", 'evil<img src=x onerror=alert("set")>'], ids=["plain", "hostile-name"])
@@ -589,9 +603,145 @@ def test_report_reads_what_the_estimate_stage_writes(run_dir: Path) -> None:
     table = pd.read_csv(paths.csv)
     assert list(table["set"]) == ["persona", "constitution", "null-control"]
     si = dict(zip(table["set"], table["si"]))
-    # Whatever sign convention the stage stores, the report shows SI(leader) - SI(set) >= 0.
-    assert table["delta_to_leader"].tolist() == pytest.approx([0.0, si["persona"] - si["constitution"], si["persona"]])
+    # The report shows the stage's sign convention: SI(set) - SI(leader) <= 0.
+    assert table["delta_to_leader"].tolist() == pytest.approx(
+        [0.0, si["constitution"] - si["persona"], si["null-control"] - si["persona"]])
     assert (table["delta_lo"] <= table["delta_to_leader"] + 1e-12).all()
     page = paths.html.read_text(encoding="utf-8")
     assert "persona ranks first" in page and "The lead is statistically clear" in page
-    assert page.count('<article class="ev most">') == 2 * 8
+    assert "estimates.json was written by an earlier version" not in page
+    assert page.count('<article class="ev most">') == 2 * 6
+
+
+# --- rank intervals, reliability, p-values and flags (SI-SPEC §3, §5) ---------------------------
+
+
+def test_reliability_and_rank_intervals_are_shown(built: ReportPaths) -> None:
+    est = json.loads((built.html.parent / "estimates.json").read_text())
+    page = built.html.read_text(encoding="utf-8")
+    reading = est["reliability"]["reading"]
+    assert reading.startswith("With 24 prompts the ordering is reliable: ρ_SB = 1.00")
+    headline = page[page.index('id="headline"'):page.index('id="ranking"')]
+    ranking = page[page.index('id="ranking"'):page.index('id="sets"')]
+    shown = html.escape(reading).replace("ρ_SB", "ρ<sub>SB</sub>")
+    assert shown in headline and shown in ranking
+    assert "Rank [95 % interval]" in ranking and "P(rank 1)" in ranking and "rank-intervals.png" in ranking
+    assert "ordering is reliable: ρ<sub>SB</sub> = 1.00" in built.markdown.read_text(encoding="utf-8")
+
+
+def test_p_value_and_ci_agree_in_every_table(built: ReportPaths) -> None:
+    table = pd.read_csv(built.csv).iloc[1:]  # the leader has no comparison
+    excludes = (table["delta_hi"] < 0) | (table["delta_lo"] > 0)
+    assert ((table["p_value"] < 0.05) == excludes).all()
+    assert table["p_at_floor"].all()  # the synthetic gaps are far beyond 300 resamples' resolution
+    ranking = built.html.read_text(encoding="utf-8").split('id="ranking-table"')[1].split("</table>")[0]
+    assert ranking.count("≤ 0.0033") == 2 and "&lt; 0.001" not in ranking
+
+
+def test_few_prompts_floor_the_p_value_at_one_over_n(tmp_path: Path) -> None:
+    paths = build_report(make_run(tmp_path, n_prompts=8))
+    table = pd.read_csv(paths.csv)
+    assert table["p_value"].iloc[1:].tolist() == [1 / 8, 1 / 8] and table["p_at_floor"].iloc[1:].all()
+    page = paths.html.read_text(encoding="utf-8")
+    assert "p ≤ 0.12, the finest p 8 prompts resolve" in page  # never "p < 0.001" with 8 prompts
+    assert "no p-value finer than 1/n is shown" in page and "With 8 prompts the ordering is" in page
+
+
+def test_row_bound_is_shown_for_the_mean_critic_only(built: ReportPaths) -> None:
+    est = json.loads((built.html.parent / "estimates.json").read_text())["sets"]["persona"]
+    page = built.html.read_text(encoding="utf-8")
+    summary = page.split('id="set-1-summary"')[1].split("</table>")[0]
+    mean = est["spans"]["cot"]["mean"]
+    assert "Row / symmetric bound, mean critic (nats per token)" in summary
+    assert f"{mean['mi_row_nats']:.3f} / {mean['mi_sym_nats']:.3f}" in summary
+    assert f"{est['mi_row_nats']:.3f}" not in summary  # the summed-critic row bound is not shown beside SI
+
+
+def test_an_older_estimates_file_is_read_with_the_current_definitions(tmp_path: Path) -> None:
+    run = make_run(tmp_path, legacy=True)
+    old = json.loads((run / "estimates.json").read_text())
+    assert old["sets"]["null-control"]["accuracy"] == 0.0 and "reliability" not in old  # ties were misses
+    paths = build_report(run)
+    assert json.loads((run / "estimates.json").read_text()) == old  # the file is not rewritten
+    page = paths.html.read_text(encoding="utf-8")
+    assert "estimates.json was written by an earlier version of si-toolkit" in page
+    null = page.split('id="set-3-summary"')[1].split("</table>")[0]
+    assert "50.0 %" in null and "chance 1/K = 50.0 %" in null  # recomputed with shared ties
+    table = pd.read_csv(paths.csv)
+    assert table["rank_lo"].tolist() == [1, 2, 3] and not table["p_rank1"].isna().any()
+    excludes = (table["delta_hi"] < 0) | (table["delta_lo"] > 0)
+    assert ((table["p_value"].iloc[1:] < 0.05) == excludes.iloc[1:]).all()
+    assert "With 24 prompts the ordering is" in page
+
+
+def test_upgraded_rows_equal_what_the_estimate_stage_writes(built: ReportPaths) -> None:
+    current = json.loads((built.html.parent / "estimates.json").read_text())
+    old = json.loads(json.dumps(current))
+    del old["reliability"]
+    for row in old["ranking"]:
+        for key in ("p_floor", "p_at_floor", "rank_interval", "p_rank1"):
+            del row[key]
+        row["p_value"] = 0.5  # an earlier p that disagreed with its CI
+    upgraded, note = complete_estimates(old, None)
+    assert upgraded["ranking"] == current["ranking"] and upgraded["reliability"] == current["reliability"]
+    assert "Not available: accuracy with shared ties" in note
+    assert complete_estimates(current, None) == (current, "")
+
+
+def test_an_older_file_without_per_prompt_si_shows_na(tmp_path: Path) -> None:
+    run = make_run(tmp_path, legacy=True)
+
+    def strip(est: dict[str, Any]) -> None:
+        for entry in est["sets"].values():
+            del entry["per_prompt_si"]
+        est["sets"]["persona"]["cot_share"], est["sets"]["persona"]["cot_share_ci"] = 1.0, [1.0, 1.0]
+
+    _edit_json(run / "estimates.json", strip)
+    page = build_report(run).html.read_text(encoding="utf-8")
+    assert "The reliability of the ordering is not available" in page
+    assert "Not available: p-values, rank intervals and reliability" in page
+    ranking = page.split('id="ranking-table"')[1].split("</table>")[0]
+    assert ranking.count("<td class=num>n/a</td>") >= 3 * 2
+    persona = page.split('id="set-1-summary"')[1].split("</table>")[0]
+    assert "<td>CoT share</td><td class=num>n/a</td>" in persona  # 1 [1, 1]: no answer span, not a finding
+
+
+def _set_role_and_si(run: Path, roles: dict[str, str], per_prompt: dict[str, list[float]]) -> None:
+    def manifest(m: dict[str, Any]) -> None:
+        for name, role in roles.items():
+            m["sets"][name]["role"] = role
+
+    def estimates(e: dict[str, Any]) -> None:
+        for name, values in per_prompt.items():
+            ids = list(e["sets"][name]["per_prompt_si"])
+            e["sets"][name]["per_prompt_si"] = dict(zip(ids, values))
+            e["sets"][name]["si"] = float(np.mean(values))
+            low, high = np.quantile(values, [0.1, 0.9])  # a stand-in CI around the values
+            e["sets"][name]["si_ci"] = [float(low), float(high)]
+
+    _edit_json(run / "manifest.json", manifest)
+    _edit_json(run / "estimates.json", estimates)
+
+
+def test_controls_behaving_against_their_role_are_flagged(run_dir: Path) -> None:
+    rng = np.random.default_rng(0)
+    # persona marked as a positive control but indistinguishable from the null control; the null
+    # control separated from 0; constitution's whole CI below 0.
+    _set_role_and_si(run_dir, {"persona": "positive-control"}, {
+        "persona": list(rng.normal(0.3, 0.05, 24)), "null-control": list(rng.normal(0.3, 0.05, 24)),
+        "constitution": list(rng.normal(-0.4, 0.05, 24)),
+    })
+    page = build_report(run_dir).html.read_text(encoding="utf-8")
+    flags = page[page.index('class="flags"'):].split("</div>")[0]
+    assert "Positive control persona" in flags and "tied with or below null control null-control" in flags
+    assert "Null control null-control is separated from 0" in flags
+    assert "constitution has SI = -0.4" in flags or "constitution has SI = -0.3" in flags and "scorer prefers the other variants" in flags
+    assert "too few prompts (n = 24) or responses too short" in flags
+    assert "(rank 1, mode alternatives, positive control)" in page
+
+
+def test_controls_behaving_as_controls_raise_no_flag(run_dir: Path) -> None:
+    _edit_json(run_dir / "manifest.json", lambda m: m["sets"]["persona"].update(role="positive-control"))
+    page = build_report(run_dir).html.read_text(encoding="utf-8")
+    assert '<div class="flags"' not in page  # persona far above 0 and the null control, which covers 0
+    assert "(rank 3, mode alternatives, null control)" in page  # role from the set's name

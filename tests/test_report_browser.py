@@ -128,7 +128,7 @@ def test_report_loads_without_console_errors(chromium: str, report: ReportPaths,
     parsed = _Dom()
     parsed.feed(dom)
     assert parsed.ranking_rows == 1 + 3  # header row + one per set
-    assert len(parsed.images) == len(report.figures) == 7
+    assert len(parsed.images) == len(report.figures) == 8  # ranking, rank intervals, 2 per set
     assert all(src.startswith("data:image/png;base64,") for src in parsed.images)
     assert parsed.scripts == 0  # hostile <script> text stayed text
     text = "".join(parsed.text)
@@ -136,6 +136,8 @@ def test_report_loads_without_console_errors(chromium: str, report: ReportPaths,
     assert "<img src=x onerror=alert('out')>" in text
     for heading in ("1. Headline", "2. Ranking", "3. Per set", "4. Evidence", "5. Method"):
         assert heading in text
+    assert "ρSB = 1.00" in text  # the subscript is rendered as an element, not typed as "_SB"
+    assert "Î_{" not in text and "Σ_{" not in text
 
 
 def test_report_screenshot_is_a_real_picture(chromium: str, report: ReportPaths, tmp_path: Path) -> None:

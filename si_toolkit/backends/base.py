@@ -110,6 +110,12 @@ class Backend(Protocol):
         stream s + r, so what a prompt gets does not depend on the other prompts in the call."""
         ...
 
+    def greedy(self, prompt_ids: list[list[int]], max_new_tokens: int, *,
+               batch_size: int | None = None) -> list[Generation]:
+        """One greedy (argmax) continuation per prompt, cut after its first EOS (kept): for
+        evaluation, where the answer should not depend on a draw."""
+        ...
+
     def score(self, requests: list[ScoreRequest]) -> list[np.ndarray]:
         """For each request, float64 log π(y_t | prefix, y_<t) for every continuation token (nats)."""
         ...

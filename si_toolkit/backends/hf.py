@@ -80,6 +80,25 @@ class HFBackend:
         r = config.replicates
         return [flat[p * r : (p + 1) * r] for p in range(len(prompt_ids))]
 
+    def greedy(self, prompt_ids: list[list[int]], max_new_tokens: int, *,
+               batch_size: int | None = None) -> list[Generation]:
+        """Greedy continuations in left-padded batches, each cut after its first EOS (kept)."""
+        from transformers import GenerationConfig
+
+        eos = self._eos_ids()
+        gen_config = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=eos,
+                                      pad_token_id=self._pad_id, repetition_penalty=1.0)
+        size = batch_size or self.generation_batch_size
+        out: list[Generation] = []
+        for start in range(0, len(prompt_ids), size):
+            ids, mask = left_pad(prompt_ids[start : start + size], self._pad_id, self.device)
+            with torch.no_grad():
+                seqs = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=gen_config)
+            for row in seqs[:, ids.shape[1]:].tolist():
+                cut = next((t + 1 for t, tok in enumerate(row) if tok in eos), None)
+                out.append(Generation(row[:cut], "stop") if cut is not None else Generation(row, "length"))
+        return out
+
     def _eos_ids(self) -> list[int]:
         ids = {int(self.tokenizer.eos_token_id)} if self.tokenizer.eos_token_id is not None else set()
         gen_eos = getattr(self.model.generation_config, "eos_token_id", None)

@@ -168,6 +168,17 @@ class VLLMBackend:
         outputs = self._run(prompts, params)
         return [_generations(out, config.replicates) for out in outputs]
 
+    def greedy(self, prompt_ids: list[list[int]], max_new_tokens: int, *,
+               batch_size: int | None = None) -> list[Generation]:
+        """Greedy continuations (temperature 0); the engine batches on its own."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = SamplingParams(n=1, temperature=0.0, max_tokens=max_new_tokens, repetition_penalty=1.0,
+                                stop_token_ids=self._eos, ignore_eos=False, detokenize=False)
+        outputs = self._run([TokensPrompt(prompt_token_ids=list(ids)) for ids in prompt_ids], [params] * len(prompt_ids))
+        return [_generations(out, 1)[0] for out in outputs]
+
     # ------------------------------------------------------------------ scoring
     def score(self, requests: list[ScoreRequest]) -> list[np.ndarray]:
         """Per-token log-probs of each continuation from the engine's prompt log-probs.

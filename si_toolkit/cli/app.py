@@ -45,8 +45,11 @@ def _root(
 
 def main() -> None:
     """Console-script entry point."""
+    debug = "--debug" in sys.argv[1:]
     try:
         app()
     except SIError as error:  # raised outside a command's own handler (should be rare)
+        if debug:  # the traceback was asked for
+            raise
         err.print(f"error: {error}", highlight=False)
         sys.exit(2)

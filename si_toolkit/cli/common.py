@@ -12,19 +12,19 @@ The `--debug` flag travels in the root command's `ctx.obj` (typer's way), not a 
 from __future__ import annotations
 
 import sys
+import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 from rich.console import Console
 from rich.markup import escape
 
 from si_toolkit.errors import USER_FAILURES
 
-__all__ = ["err", "out", "fail", "failures", "debug_enabled", "progress_factory", "FilesArg", "PromptsOpt",
+__all__ = ["err", "out", "fail", "failures", "debug_enabled", "progress_factory", "terminal_text", "FilesArg", "PromptsOpt",
            "ModelOpt", "BackendOpt", "DtypeOpt", "ProfileOpt", "OutOpt", "JsonOpt", "QuietOpt", "ShardOpt",
            "TrustOpt", "DTYPE_HELP"]
 
@@ -38,21 +38,43 @@ out = Console(width=None if sys.stdout.isatty() else 120, soft_wrap=not sys.stdo
 DTYPE_HELP = "float32 or bfloat16 (default bfloat16: half the memory, faster on GPUs and recent CPUs)."
 
 FilesArg = Annotated[list[Path], typer.Argument(help="Principle-set YAML files.", show_default=False)]
-PromptsOpt = Annotated[str, typer.Option("--prompts", help="builtin:mixed|arithmetic|open or a JSONL/CSV/Parquet file.")]
+PromptsOpt = Annotated[str, typer.Option("--prompts", help="builtin:mixed|arithmetic|open or a JSONL/CSV/Parquet file (fields: docs/prompts.md).")]
 ModelOpt = Annotated[str, typer.Option("--model", help="embedded, a model folder, or an HF id in the local cache.")]
 BackendOpt = Annotated[str, typer.Option("--backend", help="hf, vllm, or auto (vllm when importable).")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help=DTYPE_HELP)]
 ProfileOpt = Annotated[str, typer.Option("--profile", help="quick (minutes on a CPU) or standard (GPU host).")]
-OutOpt = Annotated[Path | None, typer.Option("--out", help="Run folder (default reports/<set names>-<profile>).")]
+OutOpt = Annotated[Path | None, typer.Option("--out", help="Run folder (default reports/<set names>-<profile>, or -n<N>-r<R>-t<T> when the sizes are no profile's).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", help="No progress bars.")]
 ShardOpt = Annotated[str | None, typer.Option("--shard", help="I/N: do only units u with u % N == I (sampling: unit groups; multi-GPU).")]
 TrustOpt = Annotated[bool, typer.Option("--trust-remote-code", help="Allow model code from the model folder.")]
 
 
+def terminal_text(text: str) -> str:
+    """User text made safe to print with rich: markup escaped, invisible characters made visible.
+
+    Control characters other than newline and tab (an ESC could recolour or move the cursor) and
+    Unicode format characters (a right-to-left override reorders what is shown) are written as
+    Python escapes, e.g. `\\x1b` or `\\u202e`, so the terminal shows every character that is there.
+    """
+    shown = "".join(
+        ch if ch in "\n\t" or unicodedata.category(ch) not in ("Cc", "Cf") else ascii(ch)[1:-1] for ch in text
+    )
+    return escape(shown)
+
+
+def _current_context() -> Any:
+    """The running command's context: typer >= 0.20 keeps its own copy of click, older ones use click."""
+    try:
+        from typer._click.globals import get_current_context
+    except ImportError:  # typer < 0.20 runs on the click package
+        from click import get_current_context
+    return get_current_context(silent=True)
+
+
 def debug_enabled() -> bool:
     """Whether the root command was given --debug (False outside a command, e.g. under torchrun)."""
-    ctx = click.get_current_context(silent=True)
+    ctx = _current_context()
     root = ctx.find_root() if ctx is not None else None
     return bool(root is not None and isinstance(root.obj, dict) and root.obj.get("debug"))
 

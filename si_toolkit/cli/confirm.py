@@ -6,9 +6,7 @@ Thin: parse options, call one function of `si_toolkit.confirm`, print with rich.
 from __future__ import annotations
 
 import json
-import re
 import sys
-from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,54 +15,27 @@ from rich.markup import escape
 from rich.table import Table
 
 from si_toolkit.cli.common import DTYPE_HELP, FilesArg, JsonOpt, ModelOpt, ProfileOpt, err, fail, out
-from si_toolkit.errors import USER_FAILURES, SIError
+from si_toolkit.errors import USER_FAILURES
 
 __all__ = ["app"]
 
 app = typer.Typer()
 
 
-def _safe_name(ref: str) -> str:
-    """A folder-safe short name of a model reference: its last path part."""
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(ref.rstrip("/")).name or ref).strip("-.")
-    return name[:60] or "model"
+def _progress(quiet: bool) -> Any:
+    """(description, total) -> a context manager yielding advance(n): one rich bar per model."""
+    from contextlib import contextmanager
 
-
-def _counting(quiet: bool, total: int, description: str) -> Any:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    progress = Progress(TextColumn(description), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        console=err, disable=quiet)
-    return progress, progress.add_task(description, total=total)
+    @contextmanager
+    def bar(description: str, total: int) -> Any:
+        with Progress(TextColumn(description), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=err, disable=quiet) as progress:
+            task = progress.add_task(description, total=total)
+            yield lambda n: progress.advance(task, n)
 
-
-def _evaluate(ref: str, config: Any, folder: Path, quiet: bool, trust_remote_code: bool) -> dict[str, Any]:
-    from si_toolkit.confirm.evaluate import benchmark_items, evaluate_checkpoint
-
-    progress, task = _counting(quiet, len(benchmark_items(config)), f"eval {_safe_name(ref)}")
-    with progress:
-        return evaluate_checkpoint(ref, config, folder, progress=lambda n: progress.advance(task, n),
-                                   trust_remote_code=trust_remote_code)
-
-
-def _items_b(compare: str, config: Any, folder: Path, quiet: bool, trust_remote_code: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """B's per-item results: read from an earlier items.jsonl, or evaluated now into `folder`."""
-    from si_toolkit.confirm.evaluate import read_items
-
-    path = Path(compare)
-    if path.suffix == ".jsonl" and not path.is_file():
-        raise SIError(f"--compare {compare}: no such items file; give model B or the items.jsonl of an earlier `si eval`")
-    if path.suffix == ".jsonl":
-        summary_path = path.parent / "summary.json"
-        summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else {}
-        theirs, ours = summary.get("config", {}), asdict(config)
-        differing = sorted(k for k in ours if k in theirs and theirs[k] != ours[k])
-        if differing:
-            raise SIError(f"{path}: evaluated with other settings ({', '.join(differing)} differ); rerun both with "
-                          "identical settings, or pass the same options as that run")
-        return read_items(path), summary
-    summary = _evaluate(compare, config, folder, quiet, trust_remote_code)
-    return read_items(folder / "items.jsonl"), summary
+    return bar
 
 
 def _summary_table(summaries: dict[str, dict[str, Any]]) -> Table:
@@ -109,35 +80,6 @@ def _harness_table(report: dict[str, Any]) -> Table:
     return table
 
 
-def _harness_config(harness: str, include_path: Path | None, compare: str | None, options: dict[str, Any]) -> Any:
-    """The one HarnessConfig for A and B, its tasks checked before any model is loaded."""
-    from si_toolkit.confirm.harness import HarnessConfig, parse_tasks, resolve_tasks
-
-    if compare and compare.endswith(".jsonl"):
-        raise SIError("--harness with --compare needs model B itself, not an items.jsonl; pass B's folder")
-    config = HarnessConfig(tasks=parse_tasks(harness), include_path=None if include_path is None else str(include_path),
-                           **options)
-    resolve_tasks(config)  # fail here, not after the benchmark has run
-    return config
-
-
-def _harness(refs: dict[str, str], config: Any, folder: Path, trust_remote_code: bool) -> dict[str, Any]:
-    """Run lm-evaluation-harness on each model with one HarnessConfig; compare A with B if both ran."""
-    from si_toolkit.confirm.harness import compare_harness, run_harness
-    from si_toolkit.safeio import atomic_write_text
-
-    results = {}
-    for label, ref in refs.items():
-        results[label] = run_harness(ref, config, trust_remote_code=trust_remote_code)
-        atomic_write_text(folder / f"harness-{label}.json", json.dumps(results[label], indent=1, default=str) + "\n")
-    report: dict[str, Any] = {"config": asdict(config),
-                              "results": {k: v.get("results", {}) for k, v in results.items()}}
-    if len(results) == 2:
-        report["comparison"] = compare_harness(results["a"], results["b"], seed=config.seed)
-        atomic_write_text(folder / "harness-comparison.json", json.dumps(report["comparison"], indent=1) + "\n")
-    return report
-
-
 @app.command("eval")
 def eval_command(
     checkpoint: Annotated[str, typer.Argument(help="Model A: `embedded`, a checkpoint folder, or a cached HF id.")],
@@ -152,7 +94,8 @@ def eval_command(
     dtype: Annotated[str, typer.Option("--dtype", help=DTYPE_HELP)] = "bfloat16",
     batch_size: Annotated[int, typer.Option("--batch-size", help="Items per generation batch.")] = 16,
     no_prefill: Annotated[bool, typer.Option("--no-prefill", help="Do not prefill the assistant turn with <think>.")] = False,
-    out_dir: Annotated[Path | None, typer.Option("--out", help="Output folder (default reports/eval-A[-vs-B]).")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Output folder (default reports/eval-A[-vs-B]; a checkpoint is named with its run, e.g. eval-RUN-checkpoint-200).")] = None,
+    force_new: Annotated[bool, typer.Option("--force-new", help="Move an output folder that holds earlier results aside instead of refusing.")] = False,
     harness: Annotated[str | None, typer.Option("--harness", help="Also run lm-evaluation-harness tasks: names or task YAML files, e.g. gsm8k,arc_easy (extra [eval]).")] = None,
     harness_include_path: Annotated[Path | None, typer.Option("--harness-include-path", help="Folder of your own task YAML files, so --harness can name their tasks.")] = None,
     harness_limit: Annotated[int | None, typer.Option("--harness-limit", help="Documents per harness task (testing only).")] = None,
@@ -163,37 +106,21 @@ def eval_command(
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """Accuracy and format rate on held-out arithmetic problems; with --compare, A − B item by item."""
-    from si_toolkit.confirm.evaluate import EvalConfig, compare_items, read_items
-    from si_toolkit.safeio import atomic_write_json
+    from si_toolkit.confirm.api import evaluate
 
     try:
-        config = EvalConfig(prompts=prompts, split=split, n_items=n_items, prefill=not no_prefill,
-                            **({} if system is None else {"system": system}),
-                            max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, dtype=dtype,
-                            batch_size=batch_size)
-        if harness_include_path is not None and not harness:
-            raise SIError("--harness-include-path needs --harness TASKS naming the tasks to run from it")
-        harness_config = None if not harness else _harness_config(harness, harness_include_path, compare, {
-            "num_fewshot": harness_fewshot, "limit": harness_limit, "apply_chat_template": chat_template,
-            "dtype": dtype, "seed": seed})
-        folder = out_dir or Path("reports") / (f"eval-{_safe_name(checkpoint)}" + (f"-vs-{_safe_name(compare)}" if compare else ""))
-        result: dict[str, Any] = {}
-        if compare is None:
-            result["a"] = _evaluate(checkpoint, config, folder, quiet, trust_remote_code)
-        else:
-            # B first: an earlier items.jsonl made with other settings is refused before A runs
-            items_b, summary_b = _items_b(compare, config, folder / "b", quiet, trust_remote_code)
-            result["a"] = _evaluate(checkpoint, config, folder / "a", quiet, trust_remote_code)
-            result["b"] = summary_b
-            result["comparison"] = compare_items(read_items(folder / "a" / "items.jsonl"), items_b, seed=seed)
-            result["comparison"].update(a=result["a"].get("model"), b=result["b"].get("model"))
-            atomic_write_json(folder / "comparison.json", result["comparison"])
-        if harness_config is not None:
-            refs = {"a": checkpoint, **({"b": compare} if compare else {})}
-            result["harness"] = _harness(refs, harness_config, folder, trust_remote_code)
+        harness_options = {"num_fewshot": harness_fewshot, "limit": harness_limit, "apply_chat_template": chat_template}
+        result = evaluate(checkpoint, compare=compare, out=out_dir, force_new=force_new, harness=harness,
+                          harness_include_path=harness_include_path, harness_options=harness_options,
+                          trust_remote_code=trust_remote_code, progress=_progress(quiet),
+                          on_moved=lambda moved: err.print(f"moved the earlier results to {moved}", highlight=False),
+                          prompts=prompts, split=split, n_items=n_items, prefill=not no_prefill,
+                          **({} if system is None else {"system": system}), max_new_tokens=max_new_tokens,
+                          temperature=temperature, seed=seed, dtype=dtype, batch_size=batch_size)
     except USER_FAILURES as error:
         fail(error)
         return
+    folder = result.pop("folder")
     if json_out:
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
         return
@@ -217,18 +144,24 @@ def geometry_command(
     dtype: Annotated[str, typer.Option("--dtype", help=DTYPE_HELP)] = "bfloat16",
     batch_size: Annotated[int, typer.Option("--batch-size", help="Sequences per forward pass.")] = 8,
     no_prefill: Annotated[bool, typer.Option("--no-prefill", help="Render without the <think> prefill.")] = False,
-    out_dir: Annotated[Path | None, typer.Option("--out", help="Output folder (default reports/geometry-TRAINED).")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Output folder (default reports/geometry-TRAINED; a checkpoint is named with its run).")] = None,
+    force_new: Annotated[bool, typer.Option("--force-new", help="Move an output folder that holds earlier results aside instead of refusing.")] = False,
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Allow model code from the model folder.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print geometry.json on stdout.")] = False,
 ) -> None:
     """Per layer: Sinkhorn divergence base→trained, shift along each principle's direction, effective rank."""
+    from si_toolkit.confirm.api import safe_model_name
     from si_toolkit.confirm.geometry import GeometryConfig, analyze_geometry, write_geometry
+    from si_toolkit.safeio import claim_result_folder
 
     try:
         config = GeometryConfig(prompts=prompts, n_prompts=n_prompts, split=split, pool=pool, prefill=not no_prefill,
                                 dtype=dtype, batch_size=batch_size)
+        folder = out_dir or Path("reports") / f"geometry-{safe_model_name(trained)}"
+        moved = claim_result_folder(folder, force_new=force_new)  # before the models load: a refusal costs nothing
+        if moved is not None:
+            err.print(f"moved the earlier results to {moved}", highlight=False)
         result = analyze_geometry(base, trained, principles, config, trust_remote_code=trust_remote_code)
-        folder = out_dir or Path("reports") / f"geometry-{_safe_name(trained)}"
         write_geometry(result, folder)
     except USER_FAILURES as error:
         fail(error)

@@ -58,6 +58,10 @@ def rank(
             return
         ranking = rank_sets(files, prompts, model, profile, report=not no_report, trust_remote_code=trust_remote_code,
                             progress=progress_factory(quiet), **options)
+        if ranking.reused:
+            err.print(f"{ranking.run_dir}: reused its finished samples and scores (nothing was sampled or scored; "
+                      "the estimates were recomputed from scores.parquet); for new samples use another --out or --seed",
+                      highlight=False)
         if ranking.report_path and not quiet:
             err.print(f"report: {ranking.report_path}")
         _print_estimates(ranking.estimates, ranking.run_dir, json_out)
@@ -71,25 +75,45 @@ def _write_report(run_dir: Path, quiet: bool) -> None:
         err.print(f"report: {paths.html}")
 
 
-def _print_estimates(estimates: dict[str, Any], run_dir: Path, json_out: bool) -> None:
+def _print_estimates(estimates: dict[str, Any], source: Path, json_out: bool) -> None:
+    """The ranking as a rich table (rank interval, P(rank 1), ΔSI and p included) and the
+    reliability reading; --json prints the same data as the estimates.json structure (MI in
+    bits, CoT share and the rest are there and in the report)."""
     if json_out:
         sys.stdout.write(json.dumps(estimates, indent=2) + "\n")
         return
     from rich.table import Table
 
-    table = Table(title=f"Sufficiency Index ranking — {run_dir}")
-    for col in ("rank", "set", "K", "SI", "95% CI", "MI bits", "acc/chance", "format", "tied"):
+    from si_toolkit.report.tables import fmt, fmt_ci, fmt_p, fmt_pct, fmt_rank_interval
+
+    conf = f"{100 * float(estimates.get('settings', {}).get('confidence', 0.95)):g}%"
+    # 12 columns fit 120 characters (the width used when stdout is not a terminal); in a narrower
+    # terminal the set name folds onto a second line rather than disappearing.
+    settings = estimates.get("settings", {})
+    span, critic = settings.get("span", "cot"), settings.get("critic", "sum")
+    # SI is the cot span under the summed critic (SI-SPEC §4); other choices are named as such.
+    what = "Sufficiency Index ranking" if (span, critic) == ("cot", "sum") else f"Ranking by span {span}, critic {critic}"
+    table = Table(title=f"{what} — {source}", box=None, header_style="bold")
+    columns = ("#", "set", "K", "SI", f"{conf} CI", f"rank {conf}", "P(rank 1)", "ΔSI", "p", "acc/chance",
+               "format", "tied")
+    for col in columns:
         table.add_column(col, justify="left" if col == "set" else "right", no_wrap=col != "set",
-                         min_width=18 if col == "set" else None)
+                         min_width=12 if col == "set" else None, overflow="fold")
     for entry in estimates["ranking"]:
         s = estimates["sets"][entry["set"]]
-        ci = s["si_ci"]
-        table.add_row(str(entry["rank"]), entry["set"], str(s["K"]), f"{s['si']:.3f}",
-                      f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "n/a", f"{s['mi_col_bits']:.3f}",
-                      f"{s['accuracy']:.2f} / {s['chance']:.2f}",
-                      f"{s['format_rate']:.0%}" if s.get("format_rate") is not None else "n/a",
-                      "=" if entry["tied_with_leader"] else "")
+        leader = entry["rank"] == 1
+        table.add_row(str(entry["rank"]), entry["set"], str(s["K"]), fmt(s["si"]), fmt_ci(s.get("si_ci"), 2),
+                      fmt_rank_interval(entry.get("rank_interval")), fmt_pct(entry.get("p_rank1")),
+                      "—" if leader else fmt(entry.get("delta_to_leader")),
+                      "—" if leader else fmt_p(entry.get("p_value"), entry.get("p_at_floor")),
+                      f"{fmt(s.get('accuracy'), 2)}/{fmt(s.get('chance'), 2)}",
+                      fmt_pct(s.get("format_rate")), "=" if entry.get("tied_with_leader") else "")
     out.print(table)
+    reliability = estimates.get("reliability")
+    if isinstance(reliability, dict) and reliability.get("reading"):
+        out.print(reliability["reading"], highlight=False)
+    out.print("ΔSI = SI(set) − SI(leader), paired over prompts; = marks a set whose ΔSI CI includes 0.",
+              highlight=False)
 
 
 @app.command()
@@ -142,21 +166,27 @@ def _stage_command(run_dir: Path, stage: str, shard_text: str | None, trust_remo
 @app.command()
 def estimate(
     source: Annotated[Path, typer.Argument(help="A run folder or a scores.parquet file.")],
-    span: Annotated[str, typer.Option("--span", help="cot, answer or full.")] = "cot",
-    critic: Annotated[str, typer.Option("--critic", help="sum (exact) or mean (SAMI length-normalised).")] = "sum",
+    span: Annotated[str, typer.Option("--span", help="cot (SI), answer or full.")] = "cot",
+    critic: Annotated[str, typer.Option("--critic", help="sum (exact, SI) or mean (SAMI length-normalised).")] = "sum",
     n_bootstrap: Annotated[int, typer.Option("--n-bootstrap", help="Bootstrap resamples for CIs.")] = 2000,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     json_out: JsonOpt = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No note on stderr saying which file was written.")] = False,
 ) -> None:
-    """Compute every SI-SPEC quantity from scores (writes estimates.json into a run folder)."""
-    from si_toolkit.rank.pipeline import estimate_stage
+    """Compute every SI-SPEC quantity from scores. In a run folder the default span and critic
+    (cot, sum: SI) write estimates.json; any other choice writes estimates-SPAN-CRITIC.json."""
+    from si_toolkit.rank.pipeline import estimate_stage, estimates_file
 
     with failures():
         if not source.exists():
             raise SIError(f"{source}: no such run folder or scores file")
-        is_default = span == "cot" and critic == "sum"
-        result = estimate_stage(source, span=span, critic=critic, n_bootstrap=n_bootstrap, seed=seed,
-                                write=source.is_dir() and is_default)
+        in_run = source.is_dir()
+        result = estimate_stage(source, span=span, critic=critic, n_bootstrap=n_bootstrap, seed=seed, write=in_run)
+        if not quiet:
+            where = (f"wrote {source / estimates_file(span, critic)}" if in_run
+                     else "nothing written (a bare scores file has no run folder)")
+            err.print(f"span {span}, critic {critic}: {where}", highlight=False)
+        # The table's title names the span and critic: a non-default choice is not SI.
         _print_estimates(result, source, json_out)
 
 
@@ -165,3 +195,62 @@ def report(run_dir: Annotated[Path, typer.Argument(help="Run folder with estimat
     """(Re)build report.html, report.md, si.csv and figures/ from a run folder alone."""
     with failures():
         _write_report(run_dir, quiet=False)
+
+
+@app.command()
+def plan(
+    run_dir: Annotated[Path, typer.Argument(help="A finished pilot run folder (from `si rank`).")],
+    target_half_width: Annotated[float | None, typer.Option("--target-half-width", help="Wanted 95% CI half-width on each set's SI, e.g. 0.05.")] = None,
+    separate: Annotated[tuple[str, str] | None, typer.Option("--separate", help="Two set names (A B) to tell apart: paired ΔSI CI excludes 0.")] = None,
+    power: Annotated[float, typer.Option("--power", help="Wanted probability of separating A and B (with --separate).")] = 0.8,
+    replicates: Annotated[list[int] | None, typer.Option("--replicates", help="R to plan for, up to the pilot's R (repeat for several; default 1, 2, 4 and the pilot's R).")] = None,
+    simulations: Annotated[int, typer.Option("--simulations", help="Simulated runs per candidate number of prompts.")] = 100,
+    n_bootstrap: Annotated[int, typer.Option("--n-bootstrap", help="Bootstrap resamples per simulated CI.")] = 2000,
+    max_prompts: Annotated[int, typer.Option("--max-prompts", help="Largest number of prompts searched.")] = 5000,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the simulations.")] = 0,
+    json_out: JsonOpt = False,
+) -> None:
+    """How many prompts (and which R) a run needs for a CI half-width on SI, or to separate two sets,
+    by resampling the pilot's per-prompt SI."""
+    from si_toolkit.rank.plan import PlanConfig, plan_run
+
+    with failures():
+        config = PlanConfig(target_half_width=target_half_width, separate=separate, power=power,
+                            replicates=tuple(replicates or ()), simulations=simulations, n_bootstrap=n_bootstrap,
+                            max_prompts=max_prompts, seed=seed)
+        result = plan_run(run_dir, config)
+    if json_out:
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+        return
+    out.print(_plan_table(result))
+
+
+def _plan_table(result: dict[str, Any]) -> Any:
+    """The plan's rows as a rich table, notes as numbered lines under it: the fields of `si plan --json`."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    s = result["settings"]
+    table = Table(title=f"Plan from pilot {escape(result['run'])} ({s['simulations']} simulations per n, "
+                        f"{s['confidence']:.0%} CIs)")
+    for col in ("set", "goal", "R", "prompts", "responses", "achieved", "pilot n×R: mean ± sd", "note"):
+        table.add_column(col, justify="left" if col in ("set", "goal") else "right", no_wrap=col != "set",
+                         min_width=18 if col == "set" else None)
+    notes = []
+    for row in result["rows"]:
+        p = row["pilot"]
+        goal = (f"half-width ≤ {row['target']:g}" if row["goal"] == "half_width" else f"power ≥ {row['target']:g}")
+        name = row["set"] if row["versus"] is None else f"{row['set']} vs {row['versus']}"
+        text = row["note"] if row["status"] == "ok" else f"{row['status']}: {row['note']}"
+        if text:
+            notes.append(f"[{len(notes) + 1}] {name}, R = {row['replicates']}: {text}")
+        table.add_row(escape(name), goal, str(row["replicates"]) + (" *" if row["cheapest"] else ""),
+                      "—" if row["n_prompts"] is None else str(row["n_prompts"]),
+                      "" if row["responses"] is None else str(row["responses"]),
+                      "" if row["achieved"] is None else f"{row['achieved']:.3f}",
+                      f"{p['n_prompts']}×{p['replicates']}: {p['mean']:.3f}" + ("" if p["sd"] is None else f" ± {p['sd']:.3f}"),
+                      f"[{len(notes)}]" if text else "")
+    table.caption = "\n".join(["* the R needing the fewest responses (prompts × R × K) for that goal",
+                               *map(escape, notes)])
+    table.caption_justify = "left"
+    return table

@@ -6,8 +6,6 @@ Every number here is computed from the step outputs by functions defined elsewhe
 
 from __future__ import annotations
 
-import base64
-import html
 import io
 from dataclasses import asdict
 from pathlib import Path
@@ -16,6 +14,8 @@ from typing import Any
 import numpy as np
 
 from si_toolkit.estimators import spearman_with_ci
+from si_toolkit.report.document import Figure, Table
+from si_toolkit.report.page import Block, Page, Section, render_page_html, render_page_markdown
 from si_toolkit.safeio import atomic_write_bytes, atomic_write_text
 
 __all__ = ["analyse", "verdict", "write_confirm_report"]
@@ -159,49 +159,41 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
-def _tables(result: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
-    runs = [[r["name"], _fmt(r["si"]), _fmt(r["accuracy"]), f"{_fmt(r['accuracy_gain'])} {_fmt(r['accuracy_gain_ci'])}",
-             _fmt(r["adherence_gain"]), _fmt(r["reward_volatility"])] for r in result["runs"]]
-    ablation = [[a["set"], str(a["seed"]), _fmt(a["enigma_accuracy"]), _fmt(a["grpo_accuracy"]),
-                 f"{_fmt(a['delta'])} {_fmt(a['delta_ci'])}", _fmt(a["p_value"])] for a in result["ablation"]]
-    corr = [[OUTCOMES[k], _fmt(v["rho"]), _fmt(v["ci"]), str(v["n"])] for k, v in result["correlations"].items()]
+def _tables(result: dict[str, Any]) -> list[Table]:
+    runs = [(r["name"], _fmt(r["si"]), _fmt(r["accuracy"]), f"{_fmt(r['accuracy_gain'])} {_fmt(r['accuracy_gain_ci'])}",
+             _fmt(r["adherence_gain"]), _fmt(r["reward_volatility"])) for r in result["runs"]]
+    ablation = [(a["set"], str(a["seed"]), _fmt(a["enigma_accuracy"]), _fmt(a["grpo_accuracy"]),
+                 f"{_fmt(a['delta'])} {_fmt(a['delta_ci'])}", _fmt(a["p_value"])) for a in result["ablation"]]
+    corr = [(OUTCOMES[k], _fmt(v["rho"]), _fmt(v["ci"]), str(v["n"])) for k, v in result["correlations"].items()]
     return [
-        ("Runs", ["run", "SI of its set", "accuracy", "gain vs base [95 % CI]", "adherence gain", "reward volatility"], runs),
-        ("Ablation: ENIGMA − GRPO-only (paired on items)", ["set", "seed", "enigma acc.", "grpo acc.", "Δ [95 % CI]", "p"], ablation),
-        ("SI vs outcome across sets (Spearman ρ, bootstrap over sets)", ["outcome", "ρ", "95 % CI", "sets"], corr),
+        Table("Runs", ("run", "SI of its set", "accuracy", "gain vs base [95 % CI]", "adherence gain",
+                       "reward volatility"), tuple(runs), (False, True, True, True, True, True)),
+        Table("Ablation: ENIGMA − GRPO-only (paired on items)",
+              ("set", "seed", "enigma acc.", "grpo acc.", "Δ [95 % CI]", "p"), tuple(ablation),
+              (False, True, True, True, True, True)),
+        Table("SI vs outcome across sets (Spearman ρ, bootstrap over sets)", ("outcome", "ρ", "95 % CI", "sets"),
+              tuple(corr), (False, True, True, True)),
     ]
 
 
 def write_confirm_report(result: dict[str, Any], runs: list[dict[str, Any]], out: Path) -> None:
-    """confirm.md and confirm.html (self-contained, user text escaped) plus figures/training_curves.png."""
-    curves = _curves_png(runs)
-    atomic_write_bytes(out / "figures" / "training_curves.png", curves)
-    geometry_pngs = sorted((out / "geometry").glob("*/figures/*.png"))
-    md = [f"# Confirmation run\n\n**Verdict.** {_md(result['verdict'])}\n",
-          f"Base model accuracy {_fmt(result['base']['accuracy'])}, format rate {_fmt(result['base']['format_rate'])}.\n"]
-    page = [f"<h1>Confirmation run</h1><p><strong>Verdict.</strong> {html.escape(result['verdict'])}</p>"]
-    for title, header, body in _tables(result):
-        md.append(f"## {title}\n\n| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n"
-                  + "".join("| " + " | ".join(_md(c) for c in row) + " |\n" for row in body))
-        page.append(f"<h2>{html.escape(title)}</h2><table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header)
-                    + "</tr>" + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in body)
-                    + "</table>")
-    md.append("## Training curves\n\n![training curves](figures/training_curves.png)\n")
-    page.append(f"<h2>Training curves</h2>{_img(curves, 'training curves')}")
-    md.append("## Geometry\n\n" + "".join(f"![{_md(p.parent.parent.name)}]({p.relative_to(out)})\n" for p in geometry_pngs))
-    page.append("<h2>Geometry</h2>" + "".join(
-        f"<h3>{html.escape(p.parent.parent.name)}: {html.escape(p.stem)}</h3>{_img(p.read_bytes(), p.stem)}" for p in geometry_pngs))
-    atomic_write_text(out / "confirm.md", "\n".join(md))
-    atomic_write_text(out / "confirm.html", "<!doctype html><meta charset='utf-8'><title>si confirm</title>"
-                      "<meta http-equiv='Content-Security-Policy' content=\"default-src 'none'; img-src data:; style-src 'unsafe-inline'\">"
-                      "<style>body{font-family:sans-serif;max-width:1000px;margin:auto}td,th{border:1px solid #999;padding:3px 6px}"
-                      "table{border-collapse:collapse}img{max-width:100%}</style>" + "".join(page))
-
-
-def _img(data: bytes, alt: str) -> str:
-    return f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{base64.b64encode(data).decode()}'>"
-
-
-def _md(text: str) -> str:
-    """Neutralise Markdown/HTML in user text (set names, labels) for report.md."""
-    return html.escape(str(text)).replace("|", "\\|").replace("*", "\\*").replace("_", "\\_").replace("[", "\\[")
+    """confirm.md and confirm.html (the report package's page writers: self-contained, user text
+    escaped) plus figures/: the training curves and a copy of each run's geometry figures."""
+    curves = Figure("training_curves.png", "training curves", "Training curves of every run", _curves_png(runs))
+    geometry = [Figure(f"geometry-{p.parent.parent.name}-{p.name}", p.stem, f"{p.parent.parent.name}: {p.stem}",
+                       p.read_bytes()) for p in sorted((out / "geometry").glob("*/figures/*.png"))]
+    for figure in (curves, *geometry):
+        atomic_write_bytes(out / "figures" / figure.filename, figure.png)
+    page = Page(
+        title="Confirmation run",
+        sections=(
+            Section("Verdict", (Block(text=result["verdict"], emphasis=True),
+                                Block(text=f"Base model accuracy {_fmt(result['base']['accuracy'])}, format rate "
+                                           f"{_fmt(result['base']['format_rate'])}."))),
+            *(Section(t.caption, (Block(table=t),)) for t in _tables(result)),
+            Section("Training curves", (Block(figure=curves),)),
+            Section("Geometry", tuple(Block(figure=f) for f in geometry) or (Block(text="No geometry was computed."),)),
+        ),
+    )
+    atomic_write_text(out / "confirm.md", render_page_markdown(page))
+    atomic_write_text(out / "confirm.html", render_page_html(page))

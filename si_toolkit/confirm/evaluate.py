@@ -200,38 +200,11 @@ def summarize_items(items: Sequence[dict[str, Any]], *, n_resamples: int = 2000,
 # --------------------------------------------------------------------------------- generation
 
 
-def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
-    ids = {int(tokenizer.eos_token_id)} if tokenizer.eos_token_id is not None else set()
-    gen_eos = getattr(model.generation_config, "eos_token_id", None)
-    ids.update([gen_eos] if isinstance(gen_eos, int) else list(gen_eos or []))
-    return sorted(ids)
-
-
 def _greedy(backend: Any, prompt_ids: list[list[int]], config: EvalConfig, progress: Progress | None) -> list[tuple[list[int], str]]:
-    """Greedy continuations, left-padded batches; each cut after its first EOS (kept)."""
-    import torch
-    from transformers import GenerationConfig
-
-    model, tokenizer = backend.model, backend.tokenizer
-    eos = _eos_ids(model, tokenizer)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else 0)
-    gen_config = GenerationConfig(do_sample=False, max_new_tokens=config.max_new_tokens, eos_token_id=eos,
-                                  pad_token_id=pad, repetition_penalty=1.0)
     out: list[tuple[list[int], str]] = []
-    for start in range(0, len(prompt_ids), config.batch_size):
+    for start in range(0, len(prompt_ids), config.batch_size):  # batches of batch_size, for progress
         batch = prompt_ids[start : start + config.batch_size]
-        width = max(len(p) for p in batch)
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, p in enumerate(batch):  # left padding: generation continues from the last column
-            ids[row, width - len(p) :] = torch.tensor(p)
-            mask[row, width - len(p) :] = 1
-        with torch.no_grad():
-            seqs = model.generate(input_ids=ids.to(backend.device), attention_mask=mask.to(backend.device),
-                                  generation_config=gen_config)
-        for row in seqs[:, width:].tolist():
-            cut = next((t + 1 for t, tok in enumerate(row) if tok in eos), None)
-            out.append((row[:cut], "stop") if cut is not None else (row, "length"))
+        out += [(g.token_ids, g.finish_reason) for g in backend.greedy(batch, config.max_new_tokens, batch_size=config.batch_size)]
         if progress:
             progress(len(batch))
     return out

@@ -47,7 +47,13 @@ from si_toolkit.estimators._correlation import (
     spearman_with_ci,
     split_half_reliability,
 )
-from si_toolkit.estimators._ranking import RankEntry, RankUncertainty, rank_sets, rank_uncertainty
+from si_toolkit.estimators._ranking import (
+    RankEntry,
+    RankUncertainty,
+    common_prompt_matrix,
+    rank_sets,
+    rank_uncertainty,
+)
 from si_toolkit.estimators._types import DEFAULT_CONFIDENCE, DEFAULT_N_RESAMPLES, MIN_MI_NATS, MIN_PROMPTS
 
 __all__ = [
@@ -68,6 +74,7 @@ __all__ = [
     "accuracy_per_prompt",
     "bootstrap_ci",
     "bootstrap_mean_ci",
+    "common_prompt_matrix",
     "confusion_matrix",
     "cot_share",
     "critic_scores",

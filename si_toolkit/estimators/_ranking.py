@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import stats
@@ -22,7 +22,10 @@ from si_toolkit.estimators._types import DEFAULT_CONFIDENCE, DEFAULT_N_RESAMPLES
 
 @dataclass(frozen=True)
 class RankEntry:
-    """One row of a ranking; delta = SI(set) − SI(leader) on their common prompts (≤ 0 mostly)."""
+    """One row of a ranking; delta = SI(set) − SI(leader) on their common prompts (≤ 0 mostly).
+
+    rank_interval and p_rank1 come from `rank_uncertainty` on the prompts every set has.
+    """
 
     rank: int
     name: str
@@ -30,6 +33,19 @@ class RankEntry:
     si_ci: Interval
     comparison: PairedComparison | None  # None when the set shares no prompt with the leader
     tied_with_leader: bool
+    rank_interval: tuple[int, int] | None = None
+    p_rank1: float | None = None
+
+
+def common_prompt_matrix(si_by_set: Mapping[str, Mapping[str, float]], names: Sequence[str]) -> FloatArray:
+    """(n_sets, n_common) per-prompt values of `names` (rows, in that order) on the prompts they
+    all have (columns, sorted by prompt id): the input of rank_uncertainty and split_half_reliability.
+    """
+    ids = [set(si_by_set[name]) for name in names]
+    common = sorted(set.intersection(*ids)) if ids else []
+    out: FloatArray = np.array([[si_by_set[name][p] for p in common] for name in names],
+                               dtype=np.float64).reshape(len(names), len(common))
+    return out
 
 
 def rank_sets(
@@ -44,6 +60,8 @@ def rank_sets(
     si_by_set: set name -> {prompt id -> per-prompt SI}. A set is tied with the leader when the
     paired-difference CI over their common prompts includes 0, or cannot be computed (fewer
     than 2 common prompts: the data cannot separate them). The leader is tied with itself.
+    Each entry also carries its rank interval and P(rank 1) (`rank_uncertainty` on the prompts
+    all sets have, same resamples settings).
     """
     if not si_by_set:
         return []
@@ -67,7 +85,10 @@ def rank_sets(
             )
         tied = comparison is None or comparison.ci.low is None or comparison.ci.contains(0.0)
         entries.append(RankEntry(rank, name, means[name], si_ci, comparison, tied))
-    return entries
+    ranks = rank_uncertainty(common_prompt_matrix(si_by_set, order), n_resamples=n_resamples,
+                             confidence=confidence, seed=seed)
+    return [replace(e, rank_interval=ranks.rank_interval[n], p_rank1=ranks.p_rank1[n])
+            for n, e in enumerate(entries)]
 
 
 @dataclass(frozen=True)

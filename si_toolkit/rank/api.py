@@ -50,6 +50,7 @@ class Ranking:
     estimates: dict[str, Any]
     report_path: Path | None
     manifest: dict[str, Any] = field(repr=False)
+    reused: bool = False  # the run folder was already finished: nothing was sampled or scored
 
     @property
     def table(self) -> Any:
@@ -230,21 +231,24 @@ def rank(sets: SetLike | Sequence[SetLike], prompts: PromptsLike = "builtin:mixe
     model : ``embedded``, a model folder, or a Hugging Face id in the local cache.
     profile : ``quick`` (minutes on a CPU; wide CIs) or ``standard`` (a GPU host).
     n_prompts, replicates, max_new_tokens : override the profile's sizes.
-    out : the run folder (default ``reports/<set names>-<profile>``); rerunning resumes it.
+    out : the run folder (default ``reports/<set names>-<profile>``, or ``-n<N>-r<R>-t<T>`` when the
+        sizes are no profile's); rerunning resumes it.
     progress : a factory ``(stage, total) -> context manager yielding advance(n)``, or None.
 
     Returns a `Ranking` (``.table`` is a DataFrame; notebooks display it as a table).
     Raises `SIError` for bad input, naming the file or field and the fix.
     """
-    from si_toolkit.rank.pipeline import run_rank
+    from si_toolkit.rank.pipeline import is_finished, run_rank
 
     run = prepare_rank(sets, prompts, model, profile, n_prompts=n_prompts, replicates=replicates,
                        max_new_tokens=max_new_tokens, seed=seed, backend=backend, dtype=dtype, out=out,
                        force_new=force_new, prefill=prefill)
+    reused = is_finished(run)
     estimates = run_rank(run, trust_remote_code=trust_remote_code, progress=progress)
     report_path = None
     if report:
         from si_toolkit.report import build_report
 
         report_path = build_report(run.path).html
-    return Ranking(run_dir=run.path, estimates=estimates, report_path=report_path, manifest=run.read_manifest())
+    return Ranking(run_dir=run.path, estimates=estimates, report_path=report_path, manifest=run.read_manifest(),
+                   reused=reused)

@@ -184,38 +184,36 @@ def _estimate_set(name: str, scores: pd.DataFrame, samples: pd.DataFrame | None,
     return entry, per_prompt
 
 
-def _common_matrix(si_by_set: Mapping[str, Mapping[str, float]], names: Sequence[str]) -> np.ndarray:
-    """(n_sets, n_common) per-prompt SI on the prompts every set has, rows in `names` order."""
-    common = sorted(set.intersection(*(set(si_by_set[n]) for n in names))) if names else []
-    return np.array([[si_by_set[n][p] for p in common] for n in names], dtype=np.float64).reshape(len(names), -1)
+def ranking_row(e: est.RankEntry) -> dict[str, Any]:
+    """One `ranking` entry of estimates.json (docs/run-folder.md) from an estimators.RankEntry."""
+    c = e.comparison
+    return {
+        "rank": e.rank, "set": e.name, "si": _num(e.si), "si_ci": _interval(e.si_ci),
+        "delta_to_leader": None if c is None else _num(c.delta),
+        "delta_ci": None if c is None else _interval(c.ci),
+        "p_value": None if c is None else _num(c.p_value),
+        "p_floor": None if c is None else _num(c.p_floor),
+        "p_at_floor": None if c is None else c.p_at_floor,
+        "tied_with_leader": e.tied_with_leader,
+        "rank_interval": None if e.rank_interval is None else list(e.rank_interval),
+        "p_rank1": None if e.p_rank1 is None else _num(e.p_rank1),
+    }
+
+
+def reliability_entry(rel: est.SplitHalfReliability) -> dict[str, Any]:
+    """The `reliability` object of estimates.json from an estimators.SplitHalfReliability."""
+    return {"rho": _num(rel.rho), "rho_sb": _num(rel.rho_sb), "n_prompts": rel.n_prompts, "n_sets": rel.n_sets,
+            "n_splits": rel.n_splits, "level": rel.level, "reading": est.describe_reliability(rel)}
 
 
 def _ranking(si_by_set: dict[str, dict[str, float]], s: _Settings) -> list[dict[str, Any]]:
     entries = est.rank_sets(si_by_set, n_resamples=s.n_bootstrap, confidence=s.confidence, seed=s.seed)
-    names = [e.name for e in entries]
-    ranks = est.rank_uncertainty(_common_matrix(si_by_set, names), n_resamples=s.n_bootstrap,
-                                 confidence=s.confidence, seed=s.seed) if names else None
-    rows = []
-    for n, e in enumerate(entries):
-        c = e.comparison
-        rows.append({
-            "rank": e.rank, "set": e.name, "si": _num(e.si), "si_ci": _interval(e.si_ci),
-            "delta_to_leader": None if c is None else _num(c.delta),
-            "delta_ci": None if c is None else _interval(c.ci),
-            "p_value": None if c is None else _num(c.p_value),
-            "p_floor": None if c is None else _num(c.p_floor),
-            "p_at_floor": None if c is None else c.p_at_floor,
-            "tied_with_leader": e.tied_with_leader,
-            "rank_interval": None if ranks is None else list(ranks.rank_interval[n]),
-            "p_rank1": None if ranks is None else _num(ranks.p_rank1[n]),
-        })
-    return rows
+    return [ranking_row(e) for e in entries]
 
 
 def _reliability(si_by_set: dict[str, dict[str, float]], seed: int) -> dict[str, Any]:
-    rel = est.split_half_reliability(_common_matrix(si_by_set, list(si_by_set)), seed=seed)
-    return {"rho": _num(rel.rho), "rho_sb": _num(rel.rho_sb), "n_prompts": rel.n_prompts, "n_sets": rel.n_sets,
-            "n_splits": rel.n_splits, "level": rel.level, "reading": est.describe_reliability(rel)}
+    matrix = est.common_prompt_matrix(si_by_set, list(si_by_set))
+    return reliability_entry(est.split_half_reliability(matrix, seed=seed))
 
 
 def estimate_run(

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from si_toolkit.backends.base import Backend, SamplingConfig
 from si_toolkit.errors import SIError
@@ -20,7 +20,8 @@ from si_toolkit.principles import PrincipleSet
 from si_toolkit.prompts import PromptSet, prompt_hash
 from si_toolkit.rank.runs import RunFolder, Shard
 
-__all__ = ["RankConfig", "PROFILES", "new_manifest", "default_run_dir", "run_backend", "run_rank", "estimate_stage", "sample_stage", "score_stage", "units_total"]
+__all__ = ["RankConfig", "PROFILES", "new_manifest", "default_run_dir", "run_backend", "run_rank", "estimate_stage",
+           "estimates_file", "is_finished", "run_name", "sample_stage", "score_stage", "units_total"]
 
 # Profiles fix the size of a run. `quick` finishes the shipped sets on 2 CPU cores in minutes
 # (its CIs are wide: few prompts); `standard` is for real decisions, on a GPU host.
@@ -130,16 +131,27 @@ def score_stage(run: RunFolder, backend: Backend, shard: Shard = Shard(),
     return _timed_stage(run, "score", lambda: run_scoring(run, backend, shard=shard, progress=progress))
 
 
-Span = Literal["cot", "answer", "full"]
+DEFAULT_SPAN, DEFAULT_CRITIC = "cot", "sum"  # SI as SI-SPEC §4 defines it
 
 
-def estimate_stage(run_or_scores: Path, *, span: str = "cot", critic: str = "sum", n_bootstrap: int = 2000,
-                   seed: int = 0, write: bool = True) -> dict[str, Any]:
-    """Estimates from a run folder (written to estimates.json) or from a bare scores.parquet."""
+def estimates_file(span: str = DEFAULT_SPAN, critic: str = DEFAULT_CRITIC) -> str:
+    """The file estimates go to in a run folder: `estimates.json` holds SI (span cot, critic sum);
+    any other choice goes to `estimates-<span>-<critic>.json`, so it never replaces SI's file."""
+    if (span, critic) == (DEFAULT_SPAN, DEFAULT_CRITIC):
+        return "estimates.json"
+    return f"estimates-{span}-{critic}.json"
+
+
+def estimate_stage(run_or_scores: Path, *, span: str = DEFAULT_SPAN, critic: str = DEFAULT_CRITIC,
+                   n_bootstrap: int = 2000, seed: int = 0, write: bool = True) -> dict[str, Any]:
+    """Estimates from a run folder or from a bare scores.parquet (which is never written to).
+
+    With `write`, a run folder's estimates go to `estimates_file(span, critic)`: `estimates.json`
+    only for the default span and critic. --n-bootstrap and --seed change only the CIs, and the
+    file records them under `settings`.
+    """
     from si_toolkit.rank.estimation import estimate_run
 
-    if span not in ("cot", "answer", "full") or critic not in ("sum", "mean"):
-        raise SIError(f"--span {span!r} / --critic {critic!r}: span is cot|answer|full, critic is sum|mean")
     path = Path(run_or_scores)
     if path.is_file():
         scores = _read_parquet(path)
@@ -158,8 +170,9 @@ def estimate_stage(run_or_scores: Path, *, span: str = "cot", critic: str = "sum
     if write:
         from si_toolkit.safeio import atomic_write_json
 
-        atomic_write_json(run.path / "estimates.json", result)
-        run.update_stage("estimate", status="done")
+        atomic_write_json(run.path / estimates_file(span, critic), result)
+        if (span, critic) == (DEFAULT_SPAN, DEFAULT_CRITIC):
+            run.update_stage("estimate", status="done")
     return result
 
 
@@ -173,8 +186,22 @@ def _read_parquet(path: Path) -> Any:
 
 
 def default_run_dir(sets: list[PrincipleSet], profile: str, config: RankConfig) -> Path:
-    """reports/<set names>-<profile>: the folder a ranking uses when none is given."""
-    return Path("reports") / f"{'+'.join(s.name for s in sets)[:80]}-{profile}"
+    """reports/<run_name>: the folder a ranking uses when none is given (`profile` is what was asked
+    for; the name says `-<profile>` only when the run has that profile's sizes)."""
+    return Path("reports") / run_name([s.name for s in sets], config)
+
+
+def run_name(set_names: list[str], config: RankConfig) -> str:
+    """The default run folder name: the set names, then the profile whose sizes the run has
+    (e.g. `-quick`), or the sizes themselves (`-n40-r1-t48`) when they match no profile, then
+    `-seedS` for a seed other than 0. So a run is never named after a profile it does not use."""
+    sizes = {"n_prompts": config.n_prompts, "replicates": config.sampling.replicates,
+             "max_new_tokens": config.sampling.max_new_tokens}
+    suffix = next((name for name, preset in PROFILES.items() if preset == sizes),
+                  f"n{sizes['n_prompts']}-r{sizes['replicates']}-t{sizes['max_new_tokens']}")
+    if config.sampling.seed:
+        suffix += f"-seed{config.sampling.seed}"
+    return f"{'+'.join(set_names)[:80]}-{suffix}"
 
 
 def run_backend(run: RunFolder, *, trust_remote_code: bool = False) -> Backend:
@@ -183,6 +210,15 @@ def run_backend(run: RunFolder, *, trust_remote_code: bool = False) -> Backend:
 
     cfg = run.read_manifest()["config"]
     return make_backend(cfg["backend"], cfg["model"], dtype=cfg["dtype"], trust_remote_code=trust_remote_code)
+
+
+_STAGE_TABLES = (("sample", "samples.parquet"), ("score", "scores.parquet"))
+
+
+def is_finished(run: RunFolder) -> bool:
+    """True when sampling and scoring are complete (their merged tables exist): `run_rank` then
+    samples and scores nothing and only recomputes the estimates."""
+    return all((run.path / table).is_file() for _, table in _STAGE_TABLES)
 
 
 # (stage name, units to do) -> a context manager yielding `advance(n)`; None = no progress display.
@@ -199,7 +235,8 @@ def run_rank(run: RunFolder, *, trust_remote_code: bool = False, shard: Shard = 
 
     backend = None
     try:
-        for stage, work, table in (("sample", sample_stage, "samples.parquet"), ("score", score_stage, "scores.parquet")):
+        for stage, table in _STAGE_TABLES:
+            work = sample_stage if stage == "sample" else score_stage
             if (run.path / table).is_file():
                 continue
             left = units_left(run, stage, shard)

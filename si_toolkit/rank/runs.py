@@ -12,7 +12,6 @@ import datetime as dt
 import hashlib
 import io
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -24,7 +23,7 @@ from typing import Any
 import pandas as pd
 
 from si_toolkit.errors import SIError
-from si_toolkit.safeio import atomic_write_bytes, atomic_write_json
+from si_toolkit.safeio import atomic_write_bytes, atomic_write_json, move_aside
 
 __all__ = ["RunFolder", "open_run", "config_diff", "unit_seed", "Shard", "parse_shard", "MANIFEST_SCHEMA",
            "UNIT_PROMPTS", "Progress", "StagePlan", "plan_units", "merge_stage"]
@@ -164,8 +163,7 @@ def open_run(path: Path, manifest: dict[str, Any], *, force_new: bool = False) -
                 f"{path}: this run folder was made with a different config (differs in: {', '.join(diffs)}); "
                 "use another --out, or --force-new to move the old run aside and start again"
             )
-        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
-        os.replace(path, path.with_name(f"{path.name}.replaced-{stamp}"))
+        move_aside(path)
     elif path.exists() and any(path.iterdir()):
         raise SIError(f"{path}: exists and is not a run folder; choose another --out")
     path.mkdir(parents=True, exist_ok=True)

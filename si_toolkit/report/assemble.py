@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shlex
 from dataclasses import replace
 from typing import Any
@@ -10,9 +11,10 @@ from si_toolkit._version import __version__
 from si_toolkit.errors import SIError
 from si_toolkit.report.document import Report, SetSection
 from si_toolkit.report.evidence import Evidence, response_log_posteriors, select_evidence
-from si_toolkit.report.figures import breakdown_figure, confusion_figure, ranking_figure
+from si_toolkit.report.figures import breakdown_figure, confusion_figure, rank_figure, ranking_figure
+from si_toolkit.report.flags import set_role
 from si_toolkit.report.load import RunData
-from si_toolkit.report.summary import headline, method_definitions, run_details, run_flags
+from si_toolkit.report.summary import headline, method_definitions, reliability_line, run_details, run_flags
 from si_toolkit.report.tables import (
     breakdown_table,
     confidence_label,
@@ -28,8 +30,12 @@ MAX_PROMPT_CHARS = 600  # characters of a prompt shown above its example
 MAX_EVIDENCE_VARIANTS = 12  # variants per set with examples; a 64-variant factorial set would drown the page
 
 
-def assemble_report(run: RunData) -> Report:
-    """Build every table, figure and text of the report from `run` (no file is written)."""
+def assemble_report(run: RunData, notes: tuple[str, ...] = ()) -> Report:
+    """Build every table, figure and text of the report from `run` (no file is written).
+
+    `run.estimates` must hold every key the report shows (`upgrade.complete_estimates` fills
+    them in for an older file); `notes` are shown under the headline.
+    """
     est, manifest = run.estimates, run.manifest
     text, clear = headline(est)
     ranks = rank_rows(est)
@@ -41,10 +47,12 @@ def assemble_report(run: RunData) -> Report:
         title=f"Sufficiency Index report: {run.run_dir.name}",
         headline=text,
         lead_clear=clear,
+        reliability=reliability_line(est),
         flags=tuple(run_flags(manifest, est)),
         run_details=run_details(manifest, est),
         ranking=ranking_table(est, manifest),
         ranking_figure=ranking_figure(est),
+        rank_figure=rank_figure(est),
         sets=sections,
         method=method_definitions(est),
         command=str(command) if command else "(manifest.json records no command)",
@@ -52,6 +60,7 @@ def assemble_report(run: RunData) -> Report:
             f"Written by si-toolkit {__version__} from the run folder alone. Regenerate it with: "
             f"si report {shlex.quote(str(run.run_dir))}"
         ),
+        extra_notes=tuple(n for n in notes if n),
     )
 
 
@@ -84,8 +93,10 @@ def _set_section(index: int, name: str, run: RunData, rank: int | None) -> SetSe
         anchor=f"set-{index}",
         rank=rank,
         mode=str(meta.get("mode", "n/a")),
+        role=set_role(name, run.manifest),
         description=str(meta.get("description") or ""),
-        summary=set_summary_table(entry, confidence_label(run.estimates)),
+        summary=set_summary_table(entry, confidence_label(run.estimates),
+                                  str(run.estimates.get("settings", {}).get("critic", "sum"))),
         breakdown=breakdown_table(entry, labels, confidence_label(run.estimates)),
         variants=variants,
         figures=figures,
@@ -108,6 +119,16 @@ def _evidence(run: RunData, name: str, k: int) -> tuple[list[Evidence], str]:
     except SIError as err:
         # The estimates exist, so the report is still worth writing; say why examples are missing.
         return [], f"No examples: {err}"
+    ell = log_post["log_post"].to_numpy()
+    if ell.size and float(ell.max()) == float(ell.min()):
+        # e.g. a null control: every response has p(true variant | CoT) = 1/K exactly, so none is
+        # more or less surely identified than another and "most / least surely" would mislead.
+        return [], (
+            f"No examples: every response of this set has the same posterior for its true variant, "
+            f"p(true variant | CoT) = {math.exp(float(ell[0])):.3f} (chance is 1/K = {1 / k:.3f}). The "
+            "variants score every response identically, so no chain of thought carries more or less of "
+            "the principle than another."
+        )
     n_most, n_least = (2, 1) if k <= 4 else (1, 1)
     prompts = prompt_texts(run.manifest)
     chosen = [

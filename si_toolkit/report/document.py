@@ -16,12 +16,18 @@ __all__ = ["Table", "Figure", "SetSection", "Report"]
 
 @dataclass(frozen=True)
 class Table:
-    """A table of formatted cells; `numeric[c]` right-aligns column c."""
+    """A table of formatted cells; `numeric[c]` right-aligns column c.
+
+    Captions and column headers are toolkit text and may hold formula markup (`_{sub}`,
+    `^{sup}`); so may the cells of columns with `formula[c]` true. Other cells (set names,
+    labels) are shown exactly as written.
+    """
 
     caption: str
     columns: tuple[str, ...]
     rows: tuple[tuple[str, ...], ...]
     numeric: tuple[bool, ...] = ()
+    formula: tuple[bool, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -42,6 +48,7 @@ class SetSection:
     anchor: str  # a safe HTML id ("set-1"), never derived from user text
     rank: int | None
     mode: str
+    role: str | None  # "null-control", "positive-control" or None
     description: str
     summary: Table
     breakdown: Table | None
@@ -53,17 +60,23 @@ class SetSection:
 
 @dataclass(frozen=True)
 class Report:
-    """The whole report, in reading order (headline, ranking, per set, evidence, method)."""
+    """The whole report, in reading order (headline, ranking, per set, evidence, method).
+
+    headline, flags and extra_notes may hold user text (set names) and never formula markup;
+    method terms and definitions are toolkit text with formula markup.
+    """
 
     title: str
     headline: str
     lead_clear: bool | None  # None when there is a single set
+    reliability: str  # one sentence: how reproducible the ordering is with this many prompts
     flags: tuple[str, ...]
     run_details: Table
     ranking: Table
     ranking_figure: Figure
+    rank_figure: Figure | None  # rank intervals; None when the estimates have none
     sets: tuple[SetSection, ...]
     method: tuple[tuple[str, str], ...]  # (term, definition)
     command: str
     footer: str
-    extra_notes: tuple[str, ...] = field(default=())
+    extra_notes: tuple[str, ...] = field(default=())  # e.g. what was recomputed for an older estimates.json

@@ -20,7 +20,7 @@ from matplotlib.patches import Rectangle
 from si_toolkit.report.document import Figure
 from si_toolkit.report.tables import LN2, ordered_sets, rank_rows
 
-__all__ = ["ranking_figure", "confusion_figure", "breakdown_figure", "plain_label"]
+__all__ = ["ranking_figure", "rank_figure", "confusion_figure", "breakdown_figure", "plain_label"]
 
 DPI = 110  # pixels per inch: sharp in a browser at 100 % zoom, small files
 _MAX_LABEL = 32  # characters of a set or variant name shown on an axis
@@ -84,21 +84,63 @@ def ranking_figure(est: dict[str, Any]) -> Figure:
     ax_si.axvline(1.0, color="black", ls="--", lw=1)
     ax_si.set_yticks(ys, [plain_label(n) for n in names])
     ax_si.invert_yaxis()  # rank 1 on top
-    ax_si.set_xlabel("SI = I_col(C; CoT | X) / log K  (fraction, ceiling 1)")
-    ax_mi.set_xlabel("I_col(C; CoT | X)  (bits; dotted: ceiling log2 K)")
+    ax_si.set_xlabel(r"SI = $\hat{I}_{\mathrm{col}}$(C; CoT | X) / log K  (fraction, ceiling 1)")
+    ax_mi.set_xlabel(r"$\hat{I}_{\mathrm{col}}$(C; CoT | X)  (bits; dotted: ceiling log$_2$ K)")
     ax_si.set_title("Sufficiency Index per set")
     ax_mi.set_title("Mutual information per set")
     ax_si.set_xlim(min(-0.05, min(sets[n]["si_ci"][0] for n in names) - 0.05), 1.08)
     handles = [Line2D([], [], marker=m, mfc=f, mec="black", ls="", ms=8, label=lab) for m, f, lab in _STYLES.values()]
     handles.append(Line2D([], [], color="black", ls="--", label="ceiling SI = 1"))
-    handles.append(Line2D([], [], color="black", ls=":", lw=2, label="ceiling log2 K (bits)"))
+    handles.append(Line2D([], [], color="black", ls=":", lw=2, label=r"ceiling log$_2$ K (bits)"))
     fig.legend(handles=handles, loc="outside lower center", ncols=5, fontsize=8, frameon=False)
     conf = est.get("settings", {}).get("confidence", 0.95)
     return Figure(
         filename="ranking.png",
         alt="Ranking: SI and mutual information per set with confidence intervals",
-        caption=f"SI (left) and I_col in bits (right) per set, rank 1 on top, with {100 * conf:g} % "
+        caption=f"SI (left) and Î_{{col}} in bits (right) per set, rank 1 on top, with {100 * conf:g} % "
         "prompt-level bootstrap CIs. Marker shape: leader, tied with it, or clearly below.",
+        png=_png(fig),
+    )
+
+
+def rank_figure(est: dict[str, Any]) -> Figure | None:
+    """Each set's rank interval over the joint prompt resamples, with P(rank 1); None without intervals."""
+    names = ordered_sets(est)
+    ranks = rank_rows(est)
+    intervals = [ranks.get(name, {}).get("rank_interval") for name in names]
+    if not any(intervals):
+        return None
+    fig = MplFigure(figsize=(10.0, 1.4 + 0.45 * len(names)), layout="constrained")
+    ax = fig.subplots()
+    right = []
+    for y, (name, interval) in enumerate(zip(names, intervals)):
+        row = ranks.get(name, {})
+        marker, face, _ = _STYLES[_status(row)]
+        if interval:
+            low, high = interval
+            ax.plot([low, high], [y, y], color="black", lw=6 if low != high else 0, solid_capstyle="butt", alpha=0.35)
+            ax.plot([low, high], [y, y], color="black", lw=1.2, marker="|", ms=14)
+        ax.plot([row.get("rank", y + 1)], [y], marker=marker, mfc=face, mec="black", ms=10, ls="")
+        p1 = row.get("p_rank1")
+        right.append("P(rank 1) n/a" if p1 is None else f"P(rank 1) = {100 * p1:.0f} %")
+    ax.set_yticks(range(len(names)), [plain_label(n) for n in names])
+    ax.set_ylim(len(names) - 0.5, -0.5)  # rank 1 on top
+    twin = ax.twinx()  # P(rank 1) as labels on the right edge, one per set
+    twin.set_ylim(ax.get_ylim())
+    twin.set_yticks(range(len(names)), right)
+    ax.set_xticks(range(1, len(names) + 1))
+    ax.set_xlim(0.5, len(names) + 0.5)
+    ax.grid(axis="x", color="0.85", lw=0.8)
+    ax.set_axisbelow(True)
+    ax.set_xlabel("rank (1 = highest SI)")
+    conf = est.get("settings", {}).get("confidence", 0.95)
+    ax.set_title(f"Rank of each set over prompt resamples: point rank and {100 * conf:g} % rank interval")
+    return Figure(
+        filename="rank-intervals.png",
+        alt="Rank intervals: each set's range of ranks over prompt resamples, with the probability of ranking first",
+        caption=f"Marker: the set's rank by SI; bar: its {100 * conf:g} % rank interval when all sets are "
+        "resampled together on their common prompts; a single tick means the rank is decided. Right: the share "
+        "of resamples in which the set ranks first.",
         png=_png(fig),
     )
 
@@ -110,10 +152,12 @@ def confusion_figure(index: int, name: str, entry: dict[str, Any], labels: list[
         return None
     k = len(matrix)
     side = min(9.0, 3.2 + 0.42 * k)
-    fig = MplFigure(figsize=(side + 1.2, side), layout="constrained")
+    # Room for the row labels left of the heatmap (constrained layout clips them otherwise).
+    longest = max((len(plain_label(lab, 18)) for lab in labels[:k]), default=2) if k <= _TICKS_MAX_K else 2
+    fig = MplFigure(figsize=(side + 1.6 + 0.07 * longest, side), layout="constrained")
     ax = fig.subplots()
     image = ax.imshow(matrix, cmap="Blues", vmin=0.0, vmax=1.0)
-    fig.colorbar(image, ax=ax, label="mean posterior p(c_i | CoT)  (probability)", shrink=0.85)
+    fig.colorbar(image, ax=ax, label=r"mean posterior p($c_i$ | CoT)  (probability)", shrink=0.85)
     for j in range(k):
         # Outline the diagonal (correct identification) so it reads without colour.
         ax.add_patch(Rectangle((j - 0.5, j - 0.5), 1, 1, fill=False, ec="black", lw=1.5, ls="--"))
@@ -132,7 +176,7 @@ def confusion_figure(index: int, name: str, entry: dict[str, Any], labels: list[
     return Figure(
         filename=f"set{index:02d}-confusion.png",
         alt=f"Confusion heatmap for set {name}",
-        caption="Mean posterior p(c_i | CoT) (span cot, summed critic): row = variant the response was "
+        caption="Mean posterior p(c_{i} | CoT) (span cot, summed critic): row = variant the response was "
         "sampled under, column = condition it is attributed to; the dashed diagonal is correct "
         "identification, off-diagonal mass shows which principles the CoT confuses.",
         png=_png(fig),

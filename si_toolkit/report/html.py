@@ -11,13 +11,14 @@ from __future__ import annotations
 import base64
 import html
 import math
+import re
 
 from si_toolkit.report.document import Figure, Report, SetSection, Table
 from si_toolkit.report.evidence import Evidence
 from si_toolkit.report.summary import NO_FLAGS
 from si_toolkit.report.tables import fmt
 
-__all__ = ["render_html", "CSP"]
+__all__ = ["render_html", "formula_html", "CSP"]
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 
@@ -33,6 +34,7 @@ h3 { font-size: 1.12em; margin-top: 1.8em; }
 nav { color: var(--muted); font-size: 0.92em; margin-bottom: 8px; }
 nav a { color: inherit; margin-right: 14px; }
 .headline { font-size: 1.12em; background: var(--band); border-left: 6px solid var(--ink); padding: 12px 16px; }
+.reliability { font-weight: 600; }
 .verdict { font-weight: 600; }
 .flags { border: 2px dashed #8a5a00; background: #fff8e6; padding: 8px 16px; margin: 14px 0; }
 .flags h3 { margin: 4px 0; font-size: 1em; }
@@ -40,6 +42,7 @@ nav a { color: inherit; margin-right: 14px; }
 table { border-collapse: collapse; margin: 10px 0 4px; font-size: 0.88em; min-width: 50%; }
 .wide { overflow-x: auto; }
 #ranking-table, table.kv { width: 100%; }
+#ranking-table { font-size: 0.8em; }
 caption { caption-side: bottom; text-align: left; color: var(--muted); font-size: 0.88em; padding-top: 4px; }
 th, td { border: 1px solid var(--rule); padding: 4px 8px; vertical-align: top; text-align: left; }
 th { background: #e6e6e6; }
@@ -71,6 +74,20 @@ def _e(text: object) -> str:
     return html.escape(str(text), quote=True)
 
 
+_SUB = re.compile(r"_\{([^{}]*)\}")
+_SUP = re.compile(r"\^\{([^{}]*)\}")
+
+
+def formula_html(text: object) -> str:
+    """Toolkit text with formula markup, escaped, then `_{x}` -> <sub>x</sub>, `^{x}` -> <sup>x</sup>.
+
+    Escaping comes first, so the only tags in the result are the sub/sup the markup asked for.
+    Never used on user text (set names, principles, prompts, model output).
+    """
+    escaped = _e(text)
+    return _SUP.sub(r"<sup>\1</sup>", _SUB.sub(r"<sub>\1</sub>", escaped))
+
+
 def render_html(report: Report) -> str:
     """The whole page as a string (UTF-8 when written)."""
     parts = [
@@ -85,8 +102,10 @@ def render_html(report: Report) -> str:
         '<a href="#evidence">4 Evidence</a><a href="#method">5 Method</a></nav>',
         _headline(report),
         '<section id="ranking"><h2>2. Ranking</h2>',
+        f'<p class="reliability">{_reliability(report.reliability)}</p>',
         _table(report.ranking, "ranking-table"),
         _figure(report.ranking_figure),
+        _figure(report.rank_figure) if report.rank_figure is not None else "",
         "</section>",
         '<section id="sets"><h2>3. Per set</h2>',
         *(_set(s) for s in report.sets),
@@ -110,24 +129,33 @@ def _headline(report: Report) -> str:
         flags = f'<div class="flags" id="flags"><h3>⚠ Flags raised for this run</h3><ul>{items}</ul></div>'
     else:
         flags = f'<p class="note" id="flags">{_e(NO_FLAGS)}</p>'
+    notes = "".join(f'<p class="note">{_e(n)}</p>' for n in report.extra_notes)
     return (
         '<section id="headline"><h2>1. Headline</h2>'
-        f'<p class="headline">{_e(report.headline)}</p>{flags}'
+        f'<p class="headline">{_e(report.headline)}</p>'
+        f'<p class="reliability" id="reliability">{_reliability(report.reliability)}</p>{notes}{flags}'
         f"{_table(report.run_details, 'run-details', kv=True)}</section>"
     )
 
 
+def _reliability(text: str) -> str:
+    """The reliability sentence, with ρ_SB written as ρ<sub>SB</sub> (the sentence holds no user text)."""
+    return formula_html(text.replace("ρ_SB", "ρ_{SB}"))
+
+
 def _table(table: Table, table_id: str, kv: bool = False) -> str:
     numeric = table.numeric or (False,) * len(table.columns)
-    head = "".join(f"<th>{_e(c)}</th>" for c in table.columns)
+    formula = table.formula or (False,) * len(table.columns)
+    head = "".join(f"<th>{formula_html(c)}</th>" for c in table.columns)
     body = "".join(
-        "<tr>" + "".join(f"<td{' class=num' if num else ''}>{_e(cell)}</td>" for cell, num in zip(row, numeric)) + "</tr>"
+        "<tr>" + "".join(f"<td{' class=num' if num else ''}>{formula_html(cell) if fx else _e(cell)}</td>"
+                         for cell, num, fx in zip(row, numeric, formula)) + "</tr>"
         for row in table.rows
     )
     cls = ' class="kv"' if kv else ""
     # The wrapper scrolls sideways on a narrow window instead of pushing the page wider.
     return (
-        f'<div class="wide"><table id="{_e(table_id)}"{cls}><caption>{_e(table.caption)}</caption>'
+        f'<div class="wide"><table id="{_e(table_id)}"{cls}><caption>{formula_html(table.caption)}</caption>'
         f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
     )
 
@@ -136,14 +164,15 @@ def _figure(fig: Figure) -> str:
     data = base64.b64encode(fig.png).decode("ascii")
     return (
         f'<figure><img src="data:image/png;base64,{data}" alt="{_e(fig.alt)}">'
-        f"<figcaption>{_e(fig.caption)} (figures/{_e(fig.filename)})</figcaption></figure>"
+        f"<figcaption>{formula_html(fig.caption)} (figures/{_e(fig.filename)})</figcaption></figure>"
     )
 
 
 def _set(s: SetSection) -> str:
     rank = f"rank {s.rank}" if s.rank is not None else "unranked"
+    role = f", {s.role.replace('-', ' ')}" if s.role else ""
     parts = [
-        f'<section id="{_e(s.anchor)}"><h3>{_e(s.name)} <small>({_e(rank)}, mode {_e(s.mode)})</small></h3>',
+        f'<section id="{_e(s.anchor)}"><h3>{_e(s.name)} <small>({_e(rank)}, mode {_e(s.mode)}{_e(role)})</small></h3>',
         f"<p>{_e(s.description)}</p>" if s.description else "",
         _table(s.summary, f"{s.anchor}-summary"),
         _table(s.breakdown, f"{s.anchor}-breakdown") if s.breakdown is not None else "",
@@ -183,7 +212,7 @@ def _evidence_card(ev: Evidence) -> str:
 
 
 def _method(report: Report) -> str:
-    defs = "".join(f"<dt>{_e(term)}</dt><dd>{_e(text)}</dd>" for term, text in report.method)
+    defs = "".join(f"<dt>{formula_html(term)}</dt><dd>{formula_html(text)}</dd>" for term, text in report.method)
     return (
         '<section id="method"><h2>5. Method</h2>'
         f'<dl class="defs">{defs}</dl>'

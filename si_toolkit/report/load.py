@@ -118,6 +118,7 @@ def validate_estimates(est: Any, path: Path) -> None:
     for name, entry in sets.items():
         _check_set(entry, f"{path}: sets[{name!r}]", fix)
     _check_ranking(est.get("ranking"), set(sets), path, fix)
+    _check_reliability(est.get("reliability"), path, fix)
     settings = est.get("settings", {})
     if not isinstance(settings, dict):
         raise SIError(f"{path}: field 'settings' must be an object; {fix}")
@@ -191,6 +192,24 @@ def _check_ranking(ranking: Any, names: set[str], path: Path, fix: str) -> None:
             raise SIError(f"{where}.set = {row['set']!r} is not a key of 'sets'; {fix}")
         if row.get("delta_ci") is not None:
             _check_interval(row["delta_ci"], f"{where}.delta_ci", fix, required=True)
+        for key in ("delta_to_leader", "p_value", "p_floor", "p_rank1"):
+            if row.get(key) is not None and not _is_number(row[key]):
+                raise SIError(f"{where}.{key} must be a number or null, got {row[key]!r}; {fix}")
+        interval = row.get("rank_interval")
+        if interval is not None and not (isinstance(interval, list) and len(interval) == 2
+                                         and all(isinstance(v, int) and not isinstance(v, bool) for v in interval)):
+            raise SIError(f"{where}.rank_interval must be [low, high] whole ranks or null, got {interval!r}; {fix}")
+
+
+def _check_reliability(value: Any, path: Path, fix: str) -> None:
+    """`reliability` (absent in files written before it existed): null or an object with a reading."""
+    if value is None:
+        return
+    if not isinstance(value, dict) or not isinstance(value.get("reading"), str):
+        raise SIError(f"{path}: field 'reliability' must be an object with a text 'reading', got {value!r}; {fix}")
+    for key in ("rho", "rho_sb"):
+        if value.get(key) is not None and not _is_number(value[key]):
+            raise SIError(f"{path}: reliability.{key} must be a number or null, got {value[key]!r}; {fix}")
 
 
 def _is_number(value: Any) -> bool:

@@ -17,7 +17,7 @@ from si_toolkit.report.evidence import Evidence
 from si_toolkit.report.summary import NO_FLAGS
 from si_toolkit.report.tables import fmt
 
-__all__ = ["render_markdown", "md_text", "fenced"]
+__all__ = ["render_markdown", "md_text", "md_formula", "fenced"]
 
 # Characters that start Markdown syntax (emphasis, code, links, tables, strikethrough) or HTML
 # (tags, entities). Escaping these is enough: line-start syntax (#, >, -, 1.) cannot occur
@@ -28,6 +28,16 @@ _SPECIAL = re.compile(r"([\\`*_\[\]<>&|~])")
 def md_text(text: object) -> str:
     """`text` on one line with Markdown/HTML syntax characters backslash-escaped."""
     return _SPECIAL.sub(r"\\\1", " ".join(str(text).split()))
+
+
+_SUB = re.compile(r"\\_\{([^{}]*)\}")  # `_{x}` after md_text escaped the underscore
+_SUP = re.compile(r"\^\{([^{}]*)\}")
+
+
+def md_formula(text: object) -> str:
+    """Toolkit text with formula markup: escaped like `md_text`, then `_{x}` -> <sub>x</sub> and
+    `^{x}` -> <sup>x</sup> (inline HTML that GitHub renders). Never used on user text."""
+    return _SUP.sub(r"<sup>\1</sup>", _SUB.sub(r"<sub>\1</sub>", md_text(text)))
 
 
 def fenced(text: str, info: str = "text") -> str:
@@ -44,11 +54,15 @@ def render_markdown(report: Report) -> str:
         "Contents: 1 Headline · 2 Ranking · 3 Per set · 4 Evidence · 5 Method",
         "## 1. Headline",
         f"**{md_text(report.headline)}**",
+        md_formula(report.reliability.replace("ρ_SB", "ρ_{SB}")),
+        *(f"*{md_text(n)}*" for n in report.extra_notes),
         _flags(report),
         _table(report.run_details),
         "## 2. Ranking",
+        md_formula(report.reliability.replace("ρ_SB", "ρ_{SB}")),
         _table(report.ranking),
         _figure(report.ranking_figure),
+        _figure(report.rank_figure) if report.rank_figure is not None else "",
         "## 3. Per set",
         *(_set(s) for s in report.sets),
         "## 4. Evidence: chains of thought",
@@ -57,7 +71,7 @@ def render_markdown(report: Report) -> str:
         "span with the summed critic; exp(ℓ) = p(true variant \\| CoT).",
         *(_evidence_block(s) for s in report.sets),
         "## 5. Method",
-        "\n".join(f"- **{md_text(term)}**: {md_text(text)}" for term, text in report.method),
+        "\n".join(f"- **{md_formula(term)}**: {md_formula(text)}" for term, text in report.method),
         "### Reproduce this run",
         fenced(report.command, "sh"),
         f"*{md_text(report.footer)}*",
@@ -73,22 +87,25 @@ def _flags(report: Report) -> str:
 
 def _table(table: Table) -> str:
     numeric = table.numeric or (False,) * len(table.columns)
+    formula = table.formula or (False,) * len(table.columns)
     lines = [
-        "| " + " | ".join(md_text(c) for c in table.columns) + " |",
+        "| " + " | ".join(md_formula(c) for c in table.columns) + " |",
         "| " + " | ".join("---:" if num else "---" for num in numeric) + " |",
-        *("| " + " | ".join(md_text(cell) or " " for cell in row) + " |" for row in table.rows),
+        *("| " + " | ".join((md_formula(cell) if fx else md_text(cell)) or " " for cell, fx in zip(row, formula))
+          + " |" for row in table.rows),
     ]
-    return "\n".join(lines) + f"\n\n*{md_text(table.caption)}*"
+    return "\n".join(lines) + f"\n\n*{md_formula(table.caption)}*"
 
 
 def _figure(fig: Figure) -> str:
     # The file name is built by the toolkit (set index, never the set name), so it needs no escaping.
-    return f"![{md_text(fig.alt)}](figures/{fig.filename})\n\n*{md_text(fig.caption)}*"
+    return f"![{md_text(fig.alt)}](figures/{fig.filename})\n\n*{md_formula(fig.caption)}*"
 
 
 def _set(s: SetSection) -> str:
     rank = f"rank {s.rank}" if s.rank is not None else "unranked"
-    parts = [f"### {md_text(s.name)} ({md_text(rank)}, mode {md_text(s.mode)})"]
+    role = f", {s.role.replace('-', ' ')}" if s.role else ""
+    parts = [f"### {md_text(s.name)} ({md_text(rank)}, mode {md_text(s.mode)}{md_text(role)})"]
     if s.description:
         parts.append(md_text(s.description))
     parts.append(_table(s.summary))

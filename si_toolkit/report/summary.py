@@ -1,10 +1,16 @@
-"""The report's headline, flags, run details and method text (SI-SPEC wording)."""
+"""The report's headline, reliability line, run details and method text (SI-SPEC wording).
+
+Formula text uses `_{...}` for a subscript and `^{...}` for a superscript; the renderers turn
+these into <sub>/<sup> (only in toolkit-written text, never in user text).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from si_toolkit.estimators import RELIABLE, UNRELIABLE
 from si_toolkit.report.document import Table
+from si_toolkit.report.flags import MIN_FORMAT_RATE, MIN_PROMPTS, run_flags
 from si_toolkit.report.tables import (
     NA,
     confidence_label,
@@ -12,46 +18,50 @@ from si_toolkit.report.tables import (
     fmt_ci,
     fmt_p,
     fmt_pct,
+    fmt_rank_interval,
     ordered_sets,
-    oriented_delta,
     rank_rows,
 )
 
 __all__ = [
-    "headline", "run_flags", "run_details", "method_definitions", "MIN_PROMPTS", "MIN_FORMAT_RATE", "NO_FLAGS",
+    "headline", "reliability_line", "run_flags", "run_details", "method_definitions", "MIN_PROMPTS",
+    "MIN_FORMAT_RATE", "NO_FLAGS",
 ]
 
-MIN_PROMPTS = 20  # SI-SPEC §5: warn below 20 prompts
-MIN_FORMAT_RATE = 0.5  # SI-SPEC §5: warn when fewer than half the responses follow the format
 NO_FLAGS = "No flags: T = 1 sampling, n ≥ 20 prompts, format rate ≥ 50 %, same sampling and scoring model."
 
 
 def headline(est: dict[str, Any]) -> tuple[str, bool | None]:
-    """The opening sentences: which set ranks first, by how much, and whether the lead is clear.
+    """The opening sentences: which set ranks first, how surely, by how much, and whether the lead is clear.
 
     Returns (text, clear) where clear is None with a single set, else whether the runner-up's
-    paired ΔSI CI excludes 0 (SI-SPEC §5).
+    paired ΔSI CI excludes 0 (SI-SPEC §5). ΔSI is SI(set) − SI(leader), as everywhere.
     """
     names = ordered_sets(est)
     conf = confidence_label(est)
     lead = est["sets"][names[0]]
-    opening = f"{names[0]} ranks first with SI = {fmt(lead['si'])} ({conf} CI {fmt_ci(lead['si_ci'])})."
+    ranks = rank_rows(est)
+    opening = f"{names[0]} ranks first with SI = {fmt(lead['si'])} ({conf} CI {fmt_ci(lead['si_ci'])})"
+    first = ranks.get(names[0], {})
+    if first.get("p_rank1") is not None and len(names) > 1:
+        interval = fmt_rank_interval(first.get("rank_interval"))
+        which = f"rank {interval} only" if interval.isdigit() else f"ranks {interval}"
+        opening += (f"; it ranks first in {fmt_pct(first['p_rank1'])} of the prompt resamples "
+                    f"({conf} rank interval: {which})")
+    opening += "."
     if len(names) == 1:
         return f"{opening} It is the only set in this run, so there is no comparison.", None
-    ranks = rank_rows(est)
     second = names[1]
-    delta, ci = oriented_delta(float(lead["si"]), ranks.get(second, {}))
+    row = ranks.get(second, {})
+    delta, ci = row.get("delta_to_leader"), row.get("delta_ci")
     if delta is None:
-        delta = float(lead["si"]) - float(est["sets"][second]["si"])
+        delta = float(est["sets"][second]["si"]) - float(lead["si"])
     gap = (
-        f"It leads {second} (SI = {fmt(est['sets'][second]['si'])}) by ΔSI = {fmt(delta)}"
-        f" ({conf} CI {fmt_ci(ci)}, paired bootstrap over prompts, {_p_clause(ranks.get(second, {}).get('p_value'))})."
+        f"Next is {second} (SI = {fmt(est['sets'][second]['si'])}): ΔSI = SI({second}) − SI({names[0]}) = "
+        f"{fmt(delta)} ({conf} CI {fmt_ci(ci)}, paired bootstrap over prompts, {_p_clause(row, est)})."
     )
     tied = [n for n in names[1:] if ranks.get(n, {}).get("tied_with_leader")]
-    if ci is not None:
-        clear = not (ci[0] <= 0.0 <= ci[1])
-    else:
-        clear = not tied
+    clear = not (ci[0] <= 0.0 <= ci[1]) if ci is not None else not tied
     if clear:
         verdict = "The lead is statistically clear: the CI of the difference excludes 0."
     else:
@@ -60,69 +70,24 @@ def headline(est: dict[str, Any]) -> tuple[str, bool | None]:
     return f"{opening} {gap} {verdict}", clear
 
 
-def _p_clause(p: Any) -> str:
-    text = fmt_p(p)
-    return f"p {text}" if text.startswith("<") else f"p = {text}"
+def _p_clause(row: dict[str, Any], est: dict[str, Any]) -> str:
+    text = fmt_p(row.get("p_value"), row.get("p_at_floor"))
+    if text == NA:
+        return "p n/a"
+    if not text.startswith("≤"):
+        return f"p = {text}"
+    floor, n_boot = row.get("p_floor") or row["p_value"], est.get("settings", {}).get("n_bootstrap")
+    if n_boot and abs(float(floor) - 1.0 / float(n_boot)) < 1e-12:
+        return f"p {text}, the finest p {n_boot} bootstrap resamples resolve"
+    return f"p {text}, the finest p {round(1.0 / float(floor))} prompts resolve"
 
 
-def run_flags(manifest: dict[str, Any], est: dict[str, Any]) -> list[str]:
-    """Warnings a reader must see next to the headline (SI-SPEC §1 and §5)."""
-    flags = _sampling_flags(manifest)
-    model = manifest.get("model", {}) if isinstance(manifest.get("model"), dict) else {}
-    sampler, scorer = model.get("name"), model.get("scoring_model")
-    if sampler and scorer and scorer != sampler:
-        flags.append(
-            f"The scoring model ({scorer}) is not the sampling model ({sampler}): the numbers are "
-            "contrastive scores, not the sampling model's mutual information (SI-SPEC §1)."
-        )
-    names = ordered_sets(est)
-    few = [f"{n} (n = {int(est['sets'][n]['n_prompts'])})" for n in names if est["sets"][n]["n_prompts"] < MIN_PROMPTS]
-    if few:
-        flags.append(
-            f"Few prompts (n < {MIN_PROMPTS}): {', '.join(few)}. The CIs are wide and the ranking may "
-            "change with more prompts (SI-SPEC §5)."
-        )
-    low = [
-        f"{n} ({fmt_pct(est['sets'][n]['format_rate'])})"
-        for n in names
-        if est["sets"][n].get("format_rate") is not None and est["sets"][n]["format_rate"] < MIN_FORMAT_RATE
-    ]
-    if low:
-        flags.append(
-            f"Low format rate (< {fmt_pct(MIN_FORMAT_RATE)}): {', '.join(low)}. For a broken response "
-            "the cot span is the text up to the answer tag, or all of it (SI-SPEC §1)."
-        )
-    settings = est.get("settings", {})
-    if settings.get("span", "cot") != "cot" or settings.get("critic", "sum") != "sum":
-        flags.append(
-            f"Estimated with span = {settings.get('span')}, critic = {settings.get('critic')}; SI as "
-            "SI-SPEC §4 defines it uses span cot with the summed critic."
-        )
-    stages = manifest.get("stages", {}) if isinstance(manifest.get("stages"), dict) else {}
-    unfinished = [
-        f"{k} ({v.get('status')})" for k, v in stages.items() if isinstance(v, dict) and v.get("status") != "done"
-    ]
-    if unfinished:
-        flags.append(f"Unfinished stages in manifest.json: {', '.join(unfinished)}; the report may be partial.")
-    return flags
-
-
-def _sampling_flags(manifest: dict[str, Any]) -> list[str]:
-    config = manifest.get("config", {}) if isinstance(manifest.get("config"), dict) else {}
-    sampling = config.get("sampling", {}) if isinstance(config.get("sampling"), dict) else {}
-    # (key, value that means "no change to the model's distribution")
-    neutral = (("temperature", 1.0), ("top_p", 1.0), ("top_k", 0), ("min_p", 0.0), ("repetition_penalty", 1.0))
-    off = [
-        f"{key} = {sampling[key]}"
-        for key, ok in neutral
-        if sampling.get(key) is not None and not (key == "top_k" and sampling[key] in (0, -1)) and sampling[key] != ok
-    ]
-    if not off:
-        return []
-    return [
-        f"Sampling was not T = 1 without truncation ({', '.join(off)}): the estimates are then not "
-        "the model's mutual information, only a contrastive score (SI-SPEC §1)."
-    ]
+def reliability_line(est: dict[str, Any]) -> str:
+    """How reproducible the ordering is with this many prompts (SI-SPEC §5), in one sentence."""
+    rel = est.get("reliability")
+    if not isinstance(rel, dict) or not rel.get("reading"):
+        return "The reliability of the ordering is not available: estimates.json holds no per-prompt SI."
+    return str(rel["reading"])
 
 
 def run_details(manifest: dict[str, Any], est: dict[str, Any]) -> Table:
@@ -159,33 +124,56 @@ def method_definitions(est: dict[str, Any]) -> tuple[tuple[str, str], ...]:
     n_boot = settings.get("n_bootstrap", NA)
     return (
         ("Score tensor (§2)",
-         "L_s[x, i, (j,r)] = Σ_{t in span s} log π(y_{j,r,t} | x, c_i, y_{j,r,<t}), in nats, computed by "
-         "teacher-forcing the generated token ids of response (j, r) after the prompt rendered for condition c_i."),
+         "L_{s}[x, i, (j,r)] = Σ_{t ∈ span s} log π(y_{j,r,t} | x, c_{i}, y_{j,r,<t}), in nats, computed by "
+         "teacher-forcing the generated token ids of response (j, r) after the prompt rendered for condition "
+         "c_{i}."),
         ("Spans (§1)",
          "cot = the tokens of the chain of thought (closing </think> included); answer = the tokens after "
-         "</think>; full = every generated token, so L_full = L_cot + L_answer."),
+         "</think>; full = every generated token, so L_{full} = L_{cot} + L_{answer}."),
         ("Critic (§3)",
          "sum = the summed log-probability L (exact posterior under T = 1 sampling and the uniform prior); "
-         "mean = L / n_tokens, the length-normalised SAMI critic. SI uses the summed critic."),
+         "mean = L / n_{tokens}, the length-normalised SAMI critic. SI uses the summed critic."),
         ("Posterior bound (§3)",
-         "ℓ_col(j,r) = L[j,(j,r)] − logsumexp_i L[i,(j,r)] is the log posterior of the true variant; "
-         "Î_col(x) = log K + mean_{j,r} ℓ_col(j,r), averaged over prompts. Bits = nats / ln 2."),
+         "ℓ_{col}(j,r) = L[j,(j,r)] − logsumexp_{i} L[i,(j,r)] is the log posterior of the true variant; "
+         "Î_{col}(x) = log K + mean_{j,r} ℓ_{col}(j,r), averaged over prompts. Bits = nats / ln 2."),
+        ("Row and symmetric bounds (§3)",
+         "Î_{row}(x) = log K + mean_{i,r} (L[i,(i,r)] − logsumexp_{j} L[i,(j,r)]) compares the K different "
+         "responses of one replicate, so under the summed critic response length dominates it (values of "
+         "−10 nats and below are normal and mean nothing). It is shown for the mean critic only, with "
+         "Î_{sym} = (Î_{row} + Î_{col}) / 2, in nats per token: not comparable with SI."),
         ("Sufficiency Index (§4)",
-         "SI(S) = Î_col(C; COT | X) / log K (span cot, critic sum): the fraction of the principle's identity "
+         "SI(S) = Î_{col}(C; COT | X) / log K (span cot, critic sum): the fraction of the principle's identity "
          "(H(C) = log K) that the chain of thought alone suffices to recover. 0 = the CoT carries no trace of "
          "which principle was given; 1 = the CoT always reveals it."),
         ("Identification accuracy (§3)",
-         "The fraction of responses with argmax_i L[i,(j,r)] = j (ties count as misses), against chance 1/K."),
+         "The mean over responses of 1[j ∈ argmax_{i} L[i,(j,r)]] / |argmax_{i} L[i,(j,r)]|: a response earns 1 "
+         "when its true variant alone scores highest and 1/m when it ties with m − 1 others, against chance "
+         "1/K. Identical variants therefore score exactly chance."),
         ("CoT share (§4)",
          "Î(C; COT | X) / Î(C; Y | X): how much of the principle information in the whole response is already "
-         "in the reasoning."),
+         "in the reasoning. n/a when the answer span is empty (then Y = COT and the ratio is 1 by construction) "
+         "or the whole-response MI is 0."),
         ("Per-principle and per-variant SI (§4)",
          "Per principle (antithesis sets): the estimator on the two variants {all-positive, that principle "
-         "flipped}, K = 2. Per variant: (log K + mean ℓ_col over the variant's responses) / log K."),
+         "flipped}, K = 2. Per variant: (log K + mean ℓ_{col} over the variant's responses) / log K."),
         ("Confusion matrix",
-         "Row j, column i: the mean posterior p(c_i | CoT) over responses sampled under variant j."),
+         "Row j, column i: the mean posterior p(c_{i} | CoT) over responses sampled under variant j."),
         ("Uncertainty and ranking (§5)",
          f"Prompts are the independent unit: CIs come from a prompt-level bootstrap ({n_boot} resamples, "
          "BCa where defined, else percentile). Sets scored on the same prompts are compared with a paired "
-         "bootstrap of the per-prompt difference; a set whose ΔSI CI includes 0 is tied with the leader."),
+         "bootstrap of the per-prompt difference ΔSI = SI(set) − SI(leader); a set whose ΔSI CI includes 0 "
+         "is tied with the leader. The p-value inverts that same interval (the smallest 1 − confidence at "
+         "which it excludes 0), so the CI excludes 0 exactly when p < 1 − confidence. No p below 1/n is "
+         f"shown with n < {MIN_PROMPTS} prompts, nor below 1/B for B resamples: such a p reads \"p ≤ …\"."),
+        ("Rank intervals (§5)",
+         "All sets are resampled together on their common prompts; in each resample the sets are ranked by "
+         "mean SI (rank 1 = highest). A set's rank interval is the central interval of its ranks, and "
+         "P(rank 1) the share of resamples in which it ranks first. A rank is decided when its interval is "
+         "a single rank."),
+        ("Reliability (§5)",
+         "Split-half reliability of the ordering: the prompts are split at random into two disjoint halves, "
+         "the sets' SIs on the two halves are compared by Spearman ρ, ρ is averaged over splits and corrected "
+         "to the full number of prompts by Spearman–Brown, ρ_{SB} = 2ρ / (1 + ρ) (a negative ρ is kept as "
+         f"is). ρ_{{SB}} ≥ {RELIABLE:g} reads as reliable, below {UNRELIABLE:g} as unreliable; it needs at "
+         "least 3 sets and 4 prompts."),
     )

@@ -29,6 +29,7 @@ from typing import Any, Literal, get_args, get_origin
 
 from si_toolkit.errors import SIError
 from si_toolkit.safeio import read_yaml_mapping
+from si_toolkit.tensors import Span
 from si_toolkit.train.rewards import RewardConfig
 
 __all__ = [
@@ -42,7 +43,7 @@ __all__ = [
     "parse_set_options",
 ]
 
-# Our choices (ENIGMA's weights are not published, notes/enigma-and-sami.md §2): with the mean
+# Our choices (the ENIGMA paper does not publish its loss weights): with the mean
 # critic the SAMI loss and its gradient are of the order of the dapo policy loss; the Sinkhorn
 # divergence is measured in units of the reference cloud's variance (losses.sinkhorn_penalty)
 # and starts at 0, so λ_OT = 1 only bites once the hidden states drift.
@@ -133,12 +134,12 @@ class TrainConfig:
     preset: Preset = _f("enigma", "Ablation: grpo | grpo+sami | grpo+ot | enigma. Decides which terms are on.")
     lambda_sami: float | None = _f(None, f"Weight of the SAMI loss; None = the preset's ({DEFAULT_LAMBDA_SAMI} or 0).")
     sami_critic: Literal["mean", "sum"] = _f("mean", "SAMI critic: mean token log-prob (SAMI) or summed (exact).")
-    sami_span: Literal["cot", "answer", "full"] = _f("cot", "Completion span scored by the SAMI matrix.")
+    sami_span: Span = _f("cot", "Completion span scored by the SAMI matrix.")
     lambda_ot: float | None = _f(None, f"Weight of the Sinkhorn term; None = the preset's ({DEFAULT_LAMBDA_OT} or 0).")
     ot_epsilon: float = _f(0.1, "Entropic regularisation of the Sinkhorn divergence, in reference-variance units.")
     ot_layers: list[int] = _f([-1], "Hidden-state layers for OT (0 = embeddings, -1 = last); the terms are averaged.")
     ot_pooling: Literal["mean", "token"] = _f("mean", "OT points: one mean-pooled vector per completion, or every token.")
-    ot_span: Literal["cot", "answer", "full"] = _f("cot", "Completion span whose hidden states enter the OT term.")
+    ot_span: Span = _f("cot", "Completion span whose hidden states enter the OT term.")
     ot_max_points: int = _f(512, "token pooling: at most this many points per cloud (evenly spaced subsample).")
     monitor_off_terms: bool = _f(
         True, "Also compute the SAMI bound and the Sinkhorn value when their weight is 0 (extra no-grad forwards)."

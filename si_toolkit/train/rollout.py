@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
@@ -28,11 +28,11 @@ from si_toolkit.backends.base import Backend, SamplingConfig
 from si_toolkit.chat import parse_response, render_prompt_ids
 from si_toolkit.errors import SIError
 from si_toolkit.prompts import Prompt
+from si_toolkit.tensors import Span
 
-__all__ = ["Group", "Rollout", "Span", "assign_variants", "group_seed", "rollout_group", "span_bounds",
+__all__ = ["Group", "Rollout", "assign_variants", "group_seed", "rollout_group", "span_bounds",
            "step_prompt_indices"]
 
-Span = Literal["cot", "answer", "full"]
 
 
 @dataclass(frozen=True)

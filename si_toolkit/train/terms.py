@@ -29,7 +29,8 @@ from si_toolkit.train.config import TrainConfig
 from si_toolkit.train.distributed import DistContext, all_gather_rows, gather_cloud
 from si_toolkit.train.forward import ForwardOutput, forward_pairs, span_mask, span_sums
 from si_toolkit.train.metrics import StatSums
-from si_toolkit.train.rollout import Group, Span, span_bounds
+from si_toolkit.tensors import Span
+from si_toolkit.train.rollout import Group, span_bounds
 
 __all__ = ["MIN_OT_POINTS", "MicroBatch", "Models", "micro_batch_loss", "sami_pairs", "term_weights"]
 
