@@ -95,6 +95,13 @@ def family_report(family: str, run: Path) -> list[str]:
               f"- Resolved reversals (a step whose paired CI lies below 0): {', '.join(reversals) or 'none'}.",
               f"- Verdict by the plan: {'rises with the dose' if rises and not reversals else 'FAILS the plan'}"
               f"{' and monotone' if rises and monotone and not reversals else ''}."]
+    accuracy = np.array([estimates["sets"][name]["accuracy"] for name, _, _ in doses])
+    rho_acc = est.spearman_with_ci(dose_values, accuracy)
+    tails = ", ".join(f"{label}: {int((v < -0.5).sum())}" for (_, _, label), v in zip(doses, values, strict=True))
+    lines += ["", "Exploratory (not in the plan):",
+              f"- Spearman ρ(dose, identification accuracy) = "
+              + (f"{rho_acc['rho']:.3f}, 95 % CI {fmt_ci(rho_acc['ci'])}." if rho_acc["rho"] is not None else "undefined."),
+              f"- Prompts whose SI is below −0.5 (the scorer confidently preferred the other variant): {tails}."]
     if family == "blend":
         null = estimates["sets"]["blend-000"]
         covers = null["si_ci"][0] <= 0 <= null["si_ci"][1]

@@ -11,7 +11,8 @@ Channels: "strong" (true SI 0.7 at d = 1), "weak" (0.25 at d = 1) and, for each 
 finished model run, "matched": the dose d_k chosen so that the true SI equals the model's
 observed SI at dose k after isotonic regression (monotone by construction). For each channel and
 n prompts (R = 1), `--reps` simulated runs of all five doses: mean estimate, the share of runs
-whose five estimates are non-decreasing, and the mean Spearman rho(dose, SI).
+whose five estimates are non-decreasing, the share with Spearman rho(dose level, SI) >= 0.9 (the
+plan's bar for "rises with the dose"), and the mean rho.
 """
 
 from __future__ import annotations
@@ -86,19 +87,21 @@ def report(name: str, beta: float, doses: np.ndarray, ns: list[int], reps: int, 
     truth = [true_si(channel(beta, d)) for d in doses]
     lines = [f"### {name} (β = {beta:.3f}; mixing weights d = {', '.join(f'{d:.3f}' for d in doses)})", "",
              "| n prompts | " + " | ".join(f"SI at dose {k} (true → mean est ± SD)" for k in range(len(doses)))
-             + " | P(monotone) | mean ρ(dose, SI) | one run: ρ [95 % CI] |",
-             "|---|" + "---|" * len(doses) + "---|---|---|"]
+             + " | P(monotone) | P(ρ ≥ 0.9) | mean ρ(dose, SI) | one run: ρ [95 % CI] |",
+             "|---|" + "---|" * len(doses) + "---|---|---|---|"]
     for n in ns:
         rng = np.random.default_rng([seed, n])
         runs = np.stack([simulate(channel(beta, d), n, reps, rng) for d in doses], axis=1)  # (reps, doses)
         monotone = float(np.mean(np.all(np.diff(runs, axis=1) >= 0, axis=1)))
-        rhos = [est.spearman_with_ci(doses, r, n_resamples=1)["rho"] for r in runs]
+        levels = np.arange(len(doses), dtype=np.float64)  # ρ against the dose level, as for the model
+        rhos = [est.spearman_with_ci(levels, r, n_resamples=1)["rho"] for r in runs]
         mean_rho = float(np.mean([r for r in rhos if r is not None]))
-        one = est.spearman_with_ci(doses, runs[0], seed=seed)
+        passes = float(np.mean([r is not None and r >= 0.9 - 1e-9 for r in rhos]))  # the plan's "rises" bar
+        one = est.spearman_with_ci(levels, runs[0], seed=seed)
         one_text = "undefined" if one["rho"] is None else (
             f"{one['rho']:.2f} [{one['ci'][0]:.2f}, {one['ci'][1]:.2f}]" if one["ci"] else f"{one['rho']:.2f} [n/a]")
         cells = [f"{t:.3f} → {runs[:, k].mean():.3f} ± {runs[:, k].std():.3f}" for k, t in enumerate(truth)]
-        lines.append(f"| {n} | " + " | ".join(cells) + f" | {monotone:.2f} | {mean_rho:.2f} | {one_text} |")
+        lines.append(f"| {n} | " + " | ".join(cells) + f" | {monotone:.2f} | {passes:.2f} | {mean_rho:.2f} | {one_text} |")
     return lines
 
 
