@@ -91,7 +91,7 @@ def family_report(family: str, run: Path) -> list[str]:
               f"(bootstrap over the {rho['n']} doses)." if rho["rho"] is not None else "- Spearman ρ undefined.",
               f"- Monotone (non-decreasing point estimates): {'yes' if monotone else 'no'}.",
               f"- ΔSI(top − bottom dose) = {top.delta:+.3f}, 95 % CI {fmt_ci((top.ci.low, top.ci.high))}, "
-              f"p = {top.p_value:.3g}.",
+              f"p {'≤' if top.p_at_floor else '='} {top.p_value:.3g}.",
               f"- Resolved reversals (a step whose paired CI lies below 0): {', '.join(reversals) or 'none'}.",
               f"- Verdict by the plan: {'rises with the dose' if rises and not reversals else 'FAILS the plan'}"
               f"{' and monotone' if rises and monotone and not reversals else ''}."]
