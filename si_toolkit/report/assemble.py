@@ -12,6 +12,7 @@ from si_toolkit.report.document import Report, SetSection
 from si_toolkit.report.evidence import Evidence, response_log_posteriors, select_evidence
 from si_toolkit.report.figures import breakdown_figure, confusion_figure, ranking_figure
 from si_toolkit.report.load import RunData
+from si_toolkit.report.racing import racing_table
 from si_toolkit.report.summary import headline, method_definitions, run_details, run_flags
 from si_toolkit.report.tables import (
     breakdown_table,
@@ -52,6 +53,7 @@ def assemble_report(run: RunData) -> Report:
             f"Written by si-toolkit {__version__} from the run folder alone. Regenerate it with: "
             f"si report {shlex.quote(str(run.run_dir))}"
         ),
+        racing=racing_table(manifest, ordered_sets(est)),
     )
 
 

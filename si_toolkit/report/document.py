@@ -67,3 +67,4 @@ class Report:
     command: str
     footer: str
     extra_notes: tuple[str, ...] = field(default=())
+    racing: Table | None = None  # `si rank --until-decided`: prompts per set, decisions, calls saved

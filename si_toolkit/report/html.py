@@ -87,6 +87,7 @@ def render_html(report: Report) -> str:
         '<section id="ranking"><h2>2. Ranking</h2>',
         _table(report.ranking, "ranking-table"),
         _figure(report.ranking_figure),
+        "<h3>Racing: which ranks are decided</h3>" + _table(report.racing, "racing-table") if report.racing else "",
         "</section>",
         '<section id="sets"><h2>3. Per set</h2>',
         *(_set(s) for s in report.sets),

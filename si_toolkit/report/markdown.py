@@ -49,6 +49,7 @@ def render_markdown(report: Report) -> str:
         "## 2. Ranking",
         _table(report.ranking),
         _figure(report.ranking_figure),
+        f"### Racing: which ranks are decided\n\n{_table(report.racing)}" if report.racing else "",
         "## 3. Per set",
         *(_set(s) for s in report.sets),
         "## 4. Evidence: chains of thought",
