@@ -108,6 +108,15 @@ def test_race_decides_the_known_order_and_stops_sampling_decided_sets(tiny_model
     # Each set's estimate is on its own prompts; estimates.json is the last round's.
     assert {name: estimates["sets"][name]["n_prompts"] for name in prompts} == prompts
     assert json.loads((run / "estimates.json").read_text()) == estimates
+    # The report says which ranks are decided and what was saved, from the manifest's numbers.
+    from si_toolkit.report import build_report
+
+    markdown = build_report(run).markdown.read_text()
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in markdown.splitlines() if line.startswith("| ") and line.count("|") == 5}
+    assert rows["null"][:2] == ["8", "1"] and rows["clear"][0] == str(prompts["clear"])
+    assert rows["clear"][2] == "first: no other set is tied with it"
+    assert f"{3 * 64 * 6:,} that sampling every set at --max-prompts 64 takes" in markdown
 
 
 def test_tied_sets_race_to_max_prompts_and_stay_undecided(tiny_model_dir, tmp_path) -> None:

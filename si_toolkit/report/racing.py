@@ -40,14 +40,15 @@ def racing_summary(manifest: dict[str, Any]) -> str | None:
         return (f"Sets were given prompts in rounds (--until-decided): rounds so far at {sizes} prompts; "
                 "the race has not finished (rerun the same `si rank` command to continue it).")
     calls = result["model_calls"]
-    top = max(int(r["n_prompts"]) for r in racing["rounds"])
+    config = manifest.get("config") if isinstance(manifest.get("config"), dict) else {}
+    top = (config.get("racing") or {}).get("max_prompts", "--max-prompts")
     fixed = int(calls["fixed_sampled_sequences"]) + int(calls["fixed_scored_pairs"])
     return (
         f"Sets were given prompts in rounds (--until-decided) and a set stopped receiving them once its rank "
         f"was decided: rounds at {sizes} prompts; the race stopped because {result['stopped']}. Model calls: "
         f"{int(calls['sampled_sequences']):,} sampled sequences and {int(calls['scored_pairs']):,} scored "
         f"(response, condition) pairs, {float(calls['ratio']):.0%} of the {fixed:,} that sampling every set "
-        f"at the last round's {top} prompts takes ({1 - float(calls['ratio']):.0%} saved). Sets hold "
+        f"at --max-prompts {top} takes ({1 - float(calls['ratio']):.0%} saved). Sets hold "
         "different numbers of prompts, always the first ones of one order: SI is each set's mean over its own "
         "prompts, ΔSI to the leader is paired on the prompts the two share, and the rank intervals and the "
         "reliability use the prompts every set has."
