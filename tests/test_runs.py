@@ -74,3 +74,43 @@ def test_not_a_run_folder(tmp_path) -> None:
     (tmp_path / "manifest.json").write_text("{bad json")
     with pytest.raises(SIError, match="unreadable manifest"):
         RunFolder(tmp_path).read_manifest()
+
+
+def _units_manifest(n_prompts: int, racing: dict | None = None, rounds: list | None = None) -> dict:
+    config = {"n_prompts": n_prompts, "sampling": {"seed": 0, "replicates": 1}, "racing": racing}
+    manifest = {"config": config, "sets": {"a": {"variant_texts": ["x", "y"]}, "b": {"variant_texts": ["x", "y"]}},
+                "prompts": [{"id": f"p{i:02d}", "text": "t"} for i in range(racing["max_prompts"] if racing else n_prompts)]}
+    if rounds is not None:
+        manifest["racing"] = {"rounds": rounds}
+    return manifest
+
+
+def test_plan_units_of_a_fixed_run_are_chunks_of_four() -> None:
+    from si_toolkit.rank.runs import plan_units, round_bounds
+
+    manifest = _units_manifest(10)
+    assert round_bounds(manifest) == [10]
+    for plan in plan_units(manifest):
+        assert [len(u) for u in plan.units] == [4, 4, 2] and plan.round_starts == (0,)
+
+
+def test_racing_units_follow_the_recorded_rounds_and_never_straddle_one() -> None:
+    from si_toolkit.rank.runs import plan_units, round_bounds, set_prompt_ids
+    from si_toolkit.rank.sampling import unit_groups
+
+    racing = {"max_prompts": 16, "round_prompts": 5}
+    # Rounds end at 6, 11, 16 prompts: 6 = 4 + 2, then 5 = 4 + 1 twice.
+    assert round_bounds(_units_manifest(6, racing)) == [6, 11, 16]
+    rounds = [{"round": 1, "n_prompts": 6, "sets": ["a", "b"]}, {"round": 2, "n_prompts": 11, "sets": ["a"]}]
+    manifest = _units_manifest(6, racing, rounds)
+    plans = {p.set_name: p for p in plan_units(manifest)}
+    assert [len(u) for u in plans["a"].units] == [4, 2, 4, 1] and plans["a"].round_starts == (0, 2)
+    assert [len(u) for u in plans["b"].units] == [4, 2] and plans["b"].round_starts == (0,)
+    assert set_prompt_ids(manifest) == {"a": [f"p{i:02d}" for i in range(11)], "b": [f"p{i:02d}" for i in range(6)]}
+    # Grouped for one backend call within a round only (64 // (4 prompts x 2 variants) = 8 units fit).
+    assert unit_groups(manifest, plans["a"]) == [range(0, 2), range(2, 4)]
+    # A set that re-enters in round 3 gets round 2's prompts too; before any round, nothing.
+    rounds.append({"round": 3, "n_prompts": 16, "sets": ["a", "b"]})
+    plans = {p.set_name: p for p in plan_units(_units_manifest(6, racing, rounds))}
+    assert sum(map(len, plans["b"].units)) == 16 and plans["b"].round_starts == (0, 2, 4)
+    assert all(p.units == [] for p in plan_units(_units_manifest(6, racing, [])))

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from si_toolkit.cli.common import (BackendOpt, DtypeOpt, FilesArg, JsonOpt, ModelOpt, OutOpt, ProfileOpt, PromptsOpt,
                                    QuietOpt, ShardOpt, TrustOpt, err, fail, failures, out,
@@ -39,6 +40,9 @@ def rank(
     no_prefill: Annotated[bool, typer.Option("--no-prefill", help="Do not prefill the assistant turn with <think>.")] = False,
     no_report: Annotated[bool, typer.Option("--no-report", help="Skip writing report.html/.md.")] = False,
     prepare_only: Annotated[bool, typer.Option("--prepare-only", help="Only create the run folder (then run `si sample/score --shard`).")] = False,
+    until_decided: Annotated[bool, typer.Option("--until-decided", help="Add prompts in rounds (first --n-prompts, then --round-prompts more each round) and stop giving them to a set once its rank is decided (SI-SPEC §5).")] = False,
+    max_prompts: Annotated[int | None, typer.Option("--max-prompts", help="With --until-decided: the most prompts a set gets (default 4 x the first round, within the prompt set).")] = None,
+    round_prompts: Annotated[int | None, typer.Option("--round-prompts", help="With --until-decided: prompts added per round (default: the first round's size).")] = None,
     trust_remote_code: TrustOpt = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -48,10 +52,14 @@ def rank(
     from si_toolkit.rank.api import rank as rank_sets
 
     options = dict(n_prompts=n_prompts, replicates=replicates, max_new_tokens=max_new_tokens, seed=seed,
-                   backend=backend, dtype=dtype, out=out, force_new=force_new, prefill=not no_prefill)
+                   backend=backend, dtype=dtype, out=out, force_new=force_new, prefill=not no_prefill,
+                   until_decided=until_decided, max_prompts=max_prompts, round_prompts=round_prompts)
     with failures():
         if not files:
             raise SIError("no principle-set files given; e.g. `si rank principles/*.yaml`")
+        if prepare_only and until_decided:
+            raise SIError("--prepare-only cannot be combined with --until-decided: the race decides between "
+                          "rounds in one process; drop one of them")
         if prepare_only:
             run = prepare_rank(files, prompts, model, profile, **options)
             err.print(f"run folder ready: {run.path}")
@@ -64,7 +72,7 @@ def rank(
                       highlight=False)
         if ranking.report_path and not quiet:
             err.print(f"report: {ranking.report_path}")
-        _print_estimates(ranking.estimates, ranking.run_dir, json_out)
+        _print_estimates(ranking.estimates, ranking.run_dir, json_out, ranking.manifest)
 
 
 def _write_report(run_dir: Path, quiet: bool) -> None:
@@ -75,12 +83,14 @@ def _write_report(run_dir: Path, quiet: bool) -> None:
         err.print(f"report: {paths.html}")
 
 
-def _print_estimates(estimates: dict[str, Any], source: Path, json_out: bool) -> None:
-    """The ranking as a rich table (rank interval, P(rank 1), ΔSI and p included) and the
-    reliability reading; --json prints the same data as the estimates.json structure (MI in
-    bits, CoT share and the rest are there and in the report)."""
+def _print_estimates(estimates: dict[str, Any], source: Path, json_out: bool,
+                     manifest: dict[str, Any] | None = None) -> None:
+    """The ranking as a rich table (rank interval, P(rank 1), ΔSI and p included), the
+    reliability reading and, for a raced run, which ranks were decided; --json prints the same
+    data as the estimates.json structure (plus the manifest's racing block for a raced run)."""
+    racing = (manifest or {}).get("racing")
     if json_out:
-        sys.stdout.write(json.dumps(estimates, indent=2) + "\n")
+        sys.stdout.write(json.dumps({**estimates, "racing": racing} if racing else estimates, indent=2) + "\n")
         return
     from rich.table import Table
 
@@ -114,6 +124,26 @@ def _print_estimates(estimates: dict[str, Any], source: Path, json_out: bool) ->
         out.print(reliability["reading"], highlight=False)
     out.print("ΔSI = SI(set) − SI(leader), paired over prompts; = marks a set whose ΔSI CI includes 0.",
               highlight=False)
+    if racing:
+        _print_racing(manifest or {}, [e["set"] for e in estimates["ranking"]])
+
+
+def _print_racing(manifest: dict[str, Any], order: list[str]) -> None:
+    """The report's racing table and sentence: prompts per set, decisions, model calls saved."""
+    from rich.table import Table
+
+    from si_toolkit.report.racing import racing_table
+
+    racing = racing_table(manifest, order)
+    if racing is None:
+        return
+    table = Table(title="Racing (--until-decided): which ranks are decided")
+    for col, numeric in zip(racing.columns, racing.numeric):
+        table.add_column(col, justify="right" if numeric else "left")
+    for row in racing.rows:
+        table.add_row(*(escape(cell) for cell in row))
+    out.print(table)
+    out.print(escape(racing.caption), highlight=False)
 
 
 @app.command()

@@ -60,6 +60,13 @@ class Ranking:
     def leader(self) -> str:
         return str(self.estimates["ranking"][0]["set"])
 
+    @property
+    def racing(self) -> dict[str, Any] | None:
+        """With `until_decided`: the rounds (size, sets sampled, decisions) and the result (why
+        the race stopped, prompts per set, model calls against every set at max_prompts)."""
+        racing = self.manifest.get("racing")
+        return dict(racing) if racing else None
+
     def _repr_html_(self) -> str:
         import html
 
@@ -173,13 +180,43 @@ def _reproduce_command(set_files: list[str], prompt_spec: str, config: Any, prof
             "--model", config.model, "--backend", config.backend, "--dtype", config.dtype, "--profile", profile]
     if not config.prefill:
         args.append("--no-prefill")
+    if config.racing is not None:
+        args += ["--until-decided", "--max-prompts", str(config.racing.max_prompts),
+                 "--round-prompts", str(config.racing.round_prompts)]
     return shlex.join(args)
+
+
+def _racing_prompts(prompts: PromptsLike, n_prompts: int | None, max_prompts: int | None,
+                    round_prompts: int | None, profile: str) -> tuple[PromptSet, int, Any]:
+    """For `until_decided`: the first max_prompts prompts, the first round's size, the racing config.
+
+    The first round has n_prompts (default: the profile's); max_prompts defaults to 4 times that,
+    within the prompt set; each later round adds round_prompts (default: the first round's size).
+    """
+    from si_toolkit.rank.pipeline import PROFILES, RacingConfig
+
+    pool = _load_prompt_set(prompts, None)  # every prompt, in the fixed (prefix-consistent) order
+    start = PROFILES[profile]["n_prompts"] if n_prompts is None else n_prompts
+    if start < 1 or start > len(pool):
+        raise SIError(f"{pool.source}: asked for n_prompts = {start} but it holds {len(pool)} prompts; "
+                      f"give --n-prompts between 1 and {len(pool)}")
+    top = min(4 * start, len(pool)) if max_prompts is None else max_prompts
+    if top < start:
+        raise SIError(f"--max-prompts {top} is below the first round's {start} prompts (--n-prompts or the "
+                      f"{profile} profile); give --max-prompts >= {start} or a smaller --n-prompts")
+    if top > len(pool):
+        raise SIError(f"--max-prompts {top}: {pool.source} holds only {len(pool)} prompts; give --max-prompts "
+                      f"<= {len(pool)} or add prompts")
+    racing = RacingConfig(max_prompts=top, round_prompts=start if round_prompts is None else round_prompts)
+    return PromptSet(pool.name, pool.source, pool.prompts[:top]), start, racing
 
 
 def prepare_rank(sets: SetLike | Sequence[SetLike], prompts: PromptsLike = "builtin:mixed", model: str = "embedded",
                  profile: str = "quick", *, n_prompts: int | None = None, replicates: int | None = None,
                  max_new_tokens: int | None = None, seed: int = 0, backend: str = "hf", dtype: str = "bfloat16",
-                 out: str | Path | None = None, force_new: bool = False, prefill: bool = True) -> RunFolder:
+                 out: str | Path | None = None, force_new: bool = False, prefill: bool = True,
+                 until_decided: bool = False, max_prompts: int | None = None,
+                 round_prompts: int | None = None) -> RunFolder:
     """Validate the inputs and create (or reopen, to resume) the run folder; nothing is sampled."""
     from si_toolkit.models import resolve_model
     from si_toolkit.rank.pipeline import PROFILES, RankConfig, default_run_dir, new_manifest
@@ -194,13 +231,23 @@ def prepare_rank(sets: SetLike | Sequence[SetLike], prompts: PromptsLike = "buil
     # A file or builtin set gives the profile's first n prompts; prompts passed as objects are
     # used whole unless n_prompts says otherwise (the caller chose them).
     in_memory = not isinstance(prompts, (str, Path))
-    prompt_set = _load_prompt_set(prompts, n_prompts if n_prompts is not None or in_memory else preset["n_prompts"])
+    racing = None
+    if until_decided:
+        prompt_set, start, racing = _racing_prompts(prompts, n_prompts, max_prompts, round_prompts, profile)
+    elif max_prompts is not None or round_prompts is not None:
+        raise SIError("--max-prompts and --round-prompts apply only with --until-decided; add --until-decided "
+                      "or drop them")
+    else:
+        prompt_set = _load_prompt_set(prompts, n_prompts if n_prompts is not None or in_memory else preset["n_prompts"])
+        start = len(prompt_set)
     sampling = SamplingConfig(max_new_tokens=max_new_tokens or preset["max_new_tokens"],
                               replicates=replicates or preset["replicates"], seed=seed)
     prompt_spec = prompt_set.source if in_memory else str(prompts)
-    config = RankConfig(model=model, backend=backend, dtype=dtype, prompts=prompt_spec, n_prompts=len(prompt_set),
-                        prefill=prefill, sampling=sampling)
+    config = RankConfig(model=model, backend=backend, dtype=dtype, prompts=prompt_spec, n_prompts=start,
+                        prefill=prefill, sampling=sampling, racing=racing)
     run_dir = Path(out) if out is not None else default_run_dir(principle_sets, profile, config)
+    if out is None and racing is not None:  # its own folder: a fixed-size run of the same sets keeps its own
+        run_dir = run_dir.with_name(f"{run_dir.name}-until-decided{racing.max_prompts}")
     # Sets and prompts given as objects are written into the run folder, so the recorded command
     # reproduces the run from files alone.
     inputs = {f"inputs/{s.name}.yaml": s.to_yaml() for s in principle_sets if not s.path}
@@ -220,7 +267,8 @@ def rank(sets: SetLike | Sequence[SetLike], prompts: PromptsLike = "builtin:mixe
          profile: str = "quick", *, n_prompts: int | None = None, replicates: int | None = None,
          max_new_tokens: int | None = None, seed: int = 0, backend: str = "hf", dtype: str = "bfloat16",
          out: str | Path | None = None, force_new: bool = False, prefill: bool = True, report: bool = True,
-         trust_remote_code: bool = False, progress: Any = None) -> Ranking:
+         trust_remote_code: bool = False, progress: Any = None, until_decided: bool = False,
+         max_prompts: int | None = None, round_prompts: int | None = None) -> Ranking:
     """Rank principle sets by SI: sample, score, estimate and write the report into a run folder.
 
     Parameters
@@ -234,17 +282,24 @@ def rank(sets: SetLike | Sequence[SetLike], prompts: PromptsLike = "builtin:mixe
     out : the run folder (default ``reports/<set names>-<profile>``, or ``-n<N>-r<R>-t<T>`` when the
         sizes are no profile's); rerunning resumes it.
     progress : a factory ``(stage, total) -> context manager yielding advance(n)``, or None.
+    until_decided : add prompts in rounds (n_prompts first, then round_prompts more per round, up
+        to max_prompts; defaults: the profile's n, that n again, 4 times n) and stop giving them
+        to a set once its rank is decided (SI-SPEC §5; see `si_toolkit.rank.racing`).
+        ``Ranking.racing`` then holds the rounds, the decisions and the model calls saved.
 
     Returns a `Ranking` (``.table`` is a DataFrame; notebooks display it as a table).
     Raises `SIError` for bad input, naming the file or field and the fix.
     """
     from si_toolkit.rank.pipeline import is_finished, run_rank
+    from si_toolkit.rank.racing import run_racing
 
     run = prepare_rank(sets, prompts, model, profile, n_prompts=n_prompts, replicates=replicates,
                        max_new_tokens=max_new_tokens, seed=seed, backend=backend, dtype=dtype, out=out,
-                       force_new=force_new, prefill=prefill)
+                       force_new=force_new, prefill=prefill, until_decided=until_decided,
+                       max_prompts=max_prompts, round_prompts=round_prompts)
     reused = is_finished(run)
-    estimates = run_rank(run, trust_remote_code=trust_remote_code, progress=progress)
+    runner = run_racing if until_decided else run_rank
+    estimates = runner(run, trust_remote_code=trust_remote_code, progress=progress)
     report_path = None
     if report:
         from si_toolkit.report import build_report

@@ -210,7 +210,7 @@ def estimate_run(
     n_bootstrap: int = est.DEFAULT_N_RESAMPLES,
     confidence: float = est.DEFAULT_CONFIDENCE,
     seed: int = 0,
-    prompt_ids: Sequence[str] | None = None,
+    prompt_ids: Sequence[str] | Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, Any]:
     """Compute every SI-SPEC quantity per set and the ranking: the `estimates.json` structure.
 
@@ -224,7 +224,8 @@ def estimate_run(
     and test-inversion p-value, the rank interval and P(rank 1) from the joint prompt
     bootstrap (on the prompts every set has); `reliability` is the split-half reliability of
     the ordering with its one-line reading (SI-SPEC §5).
-    prompt_ids: the run's prompts (manifest["prompts"] ids); when given, every set must have
+    prompt_ids: the run's prompts (manifest["prompts"] ids), or set name -> its prompt ids when
+    sets have different prompts (`si rank --until-decided`); when given, every set must have
     scores for exactly these, so a set whose scoring stopped early is refused, not estimated
     on fewer prompts.
     """
@@ -241,7 +242,8 @@ def estimate_run(
     for name, meta in sets_meta.items():
         sets[name], si_by_set[name] = _estimate_set(name, scores, samples, meta, s)
         if prompt_ids is not None:
-            _check_prompts(name, si_by_set[name], prompt_ids)
+            expected = prompt_ids[name] if isinstance(prompt_ids, Mapping) else prompt_ids
+            _check_prompts(name, si_by_set[name], expected)
     return {
         "schema": ESTIMATES_SCHEMA,
         "settings": {"span": span, "critic": critic, "n_bootstrap": n_bootstrap,

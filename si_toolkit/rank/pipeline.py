@@ -20,8 +20,8 @@ from si_toolkit.principles import PrincipleSet
 from si_toolkit.prompts import PromptSet, prompt_hash
 from si_toolkit.rank.runs import RunFolder, Shard
 
-__all__ = ["RankConfig", "PROFILES", "new_manifest", "default_run_dir", "run_backend", "run_rank", "estimate_stage",
-           "estimates_file", "is_finished", "run_name", "sample_stage", "score_stage", "units_total"]
+__all__ = ["RankConfig", "RacingConfig", "PROFILES", "new_manifest", "default_run_dir", "run_backend", "run_rank",
+           "estimate_stage", "estimates_file", "is_finished", "run_name", "sample_stage", "score_stage", "units_total"]
 
 # Profiles fix the size of a run. `quick` finishes the shipped sets on 2 CPU cores in minutes
 # (its CIs are wide: few prompts); `standard` is for real decisions, on a GPU host.
@@ -29,6 +29,18 @@ PROFILES: dict[str, dict[str, Any]] = {
     "quick": {"n_prompts": 12, "max_new_tokens": 48, "replicates": 1},
     "standard": {"n_prompts": 200, "max_new_tokens": 384, "replicates": 2},
 }
+
+
+@dataclass(frozen=True)
+class RacingConfig:
+    """`si rank --until-decided`: prompts are added in rounds while some rank is undecided."""
+
+    max_prompts: int = field(metadata={"help": "Most prompts any set gets (the last round's size)."})
+    round_prompts: int = field(metadata={"help": "Prompts added per round after the first (>= 1)."})
+
+    def __post_init__(self) -> None:
+        if self.round_prompts < 1:
+            raise SIError(f"--round-prompts {self.round_prompts}: must be >= 1 (default: the starting n)")
 
 
 @dataclass(frozen=True)
@@ -42,6 +54,8 @@ class RankConfig:
     n_prompts: int = field(default=12, metadata={"help": "How many prompts (the first n of the set)."})
     prefill: bool = field(default=True, metadata={"help": "Prefill the assistant turn with <think>."})
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    racing: RacingConfig | None = field(default=None, metadata={
+        "help": "None: every set gets n_prompts. Else n_prompts is the first round's size (docs/run-folder.md)."})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -151,6 +165,7 @@ def estimate_stage(run_or_scores: Path, *, span: str = DEFAULT_SPAN, critic: str
     file records them under `settings`.
     """
     from si_toolkit.rank.estimation import estimate_run
+    from si_toolkit.rank.runs import set_prompt_ids
 
     path = Path(run_or_scores)
     if path.is_file():
@@ -166,7 +181,7 @@ def estimate_stage(run_or_scores: Path, *, span: str = DEFAULT_SPAN, critic: str
     manifest = run.read_manifest()
     result = estimate_run(run.read_table("scores.parquet"), run.read_table("samples.parquet"), manifest["sets"],
                           span=span, critic=critic, n_bootstrap=n_bootstrap, seed=seed,
-                          prompt_ids=[p["id"] for p in manifest["prompts"]])
+                          prompt_ids=set_prompt_ids(manifest))
     if write:
         from si_toolkit.safeio import atomic_write_json
 

@@ -8,9 +8,11 @@ can never leave a half-written or duplicated unit behind.
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import hashlib
 import io
+import itertools
 import json
 import re
 import shutil
@@ -26,7 +28,8 @@ from si_toolkit.errors import SIError
 from si_toolkit.safeio import atomic_write_bytes, atomic_write_json, move_aside
 
 __all__ = ["RunFolder", "open_run", "config_diff", "unit_seed", "Shard", "parse_shard", "MANIFEST_SCHEMA",
-           "UNIT_PROMPTS", "Progress", "StagePlan", "plan_units", "merge_stage"]
+           "UNIT_PROMPTS", "Progress", "StagePlan", "plan_units", "merge_stage", "round_bounds", "set_prompt_counts",
+           "set_prompt_ids"]
 
 MANIFEST_SCHEMA = "si-toolkit/manifest/v1"
 STAGES = ("sample", "score")
@@ -196,16 +199,64 @@ Progress = Callable[[int], None]
 
 @dataclass(frozen=True)
 class StagePlan:
-    """The units of one stage for one set: unit index -> prompt records."""
+    """The units of one stage for one set: unit index -> prompt records.
+
+    round_starts: the unit indices where a round of prompts begins (`si rank --until-decided`
+    adds prompts in rounds; a run of fixed size is one round). Units never straddle a round.
+    """
 
     set_name: str
     units: list[list[dict[str, Any]]]
+    round_starts: tuple[int, ...] = (0,)
+
+
+def round_bounds(manifest: dict[str, Any]) -> list[int]:
+    """How many prompts a set has after each round: [n] for a run of fixed size; with
+    `config.racing` the schedule start, start + step, ... up to max_prompts (the last round may
+    add fewer). Fixed by the config, so a resumed run cuts the same units."""
+    config = manifest["config"]
+    racing = config.get("racing")
+    if not racing:
+        return [len(manifest["prompts"])]
+    start, step, top = int(config["n_prompts"]), int(racing["round_prompts"]), int(racing["max_prompts"])
+    return [*range(start, top, step), top]
+
+
+def set_prompt_counts(manifest: dict[str, Any]) -> dict[str, int]:
+    """Prompts each set is to have: all of them in a fixed-size run; in a racing run the size of
+    the latest recorded round (`racing.rounds` in the manifest) that sampled the set (0 before
+    the first round is recorded). Each set's prompts are a prefix of the manifest's prompts."""
+    if not manifest["config"].get("racing"):
+        return {name: len(manifest["prompts"]) for name in manifest["sets"]}
+    counts = {name: 0 for name in manifest["sets"]}
+    for record in (manifest.get("racing") or {}).get("rounds", []):
+        for name in record["sets"]:
+            counts[name] = max(counts[name], int(record["n_prompts"]))
+    return counts
+
+
+def set_prompt_ids(manifest: dict[str, Any]) -> dict[str, list[str]]:
+    """set name -> the ids of the prompts it is to be scored on (see `set_prompt_counts`)."""
+    ids = [str(p["id"]) for p in manifest["prompts"]]
+    return {name: ids[:count] for name, count in set_prompt_counts(manifest).items()}
 
 
 def plan_units(manifest: dict[str, Any]) -> list[StagePlan]:
+    """Every set's units: its prompts cut into chunks of UNIT_PROMPTS within each round."""
     prompts = manifest["prompts"]
-    chunks = [prompts[k : k + UNIT_PROMPTS] for k in range(0, len(prompts), UNIT_PROMPTS)]
-    return [StagePlan(name, chunks) for name in manifest["sets"]]
+    chunks: list[list[dict[str, Any]]] = []
+    starts: list[int] = []
+    begin = 0
+    for end in round_bounds(manifest):
+        starts.append(len(chunks))
+        chunks += [prompts[k : min(k + UNIT_PROMPTS, end)] for k in range(begin, end, UNIT_PROMPTS)]
+        begin = end
+    covered = list(itertools.accumulate(map(len, chunks)))  # prompts covered by units 0..u
+    plans = []
+    for name, count in set_prompt_counts(manifest).items():
+        n_units = bisect.bisect_right(covered, count)  # counts are round bounds: a whole number of units
+        plans.append(StagePlan(name, chunks[:n_units], tuple(s for s in starts if s < n_units) or (0,)))
+    return plans
 
 
 def merge_stage(run: RunFolder, stage: str, table: str, sort_keys: list[str]) -> bool:

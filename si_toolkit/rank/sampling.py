@@ -41,9 +41,12 @@ def units_per_call(manifest: dict[str, Any], set_name: str) -> int:
 
 
 def unit_groups(manifest: dict[str, Any], plan: StagePlan) -> list[range]:
-    """The set's units in the fixed groups that share a backend call."""
+    """The set's units in the fixed groups that share a backend call (a group never spans two
+    rounds of `si rank --until-decided`, so a round samples only its own units)."""
     size = units_per_call(manifest, plan.set_name)
-    return [range(first, min(first + size, len(plan.units))) for first in range(0, len(plan.units), size)]
+    bounds = [*plan.round_starts, len(plan.units)]
+    return [range(first, min(first + size, end)) for begin, end in zip(bounds, bounds[1:])
+            for first in range(begin, end, size)]
 
 
 def owned_units(manifest: dict[str, Any], plan: StagePlan, shard: Shard) -> list[int]:

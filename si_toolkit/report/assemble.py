@@ -14,6 +14,7 @@ from si_toolkit.report.evidence import Evidence, response_log_posteriors, select
 from si_toolkit.report.figures import breakdown_figure, confusion_figure, rank_figure, ranking_figure
 from si_toolkit.report.flags import set_role
 from si_toolkit.report.load import RunData
+from si_toolkit.report.racing import racing_table
 from si_toolkit.report.summary import headline, method_definitions, reliability_line, run_details, run_flags
 from si_toolkit.report.tables import (
     breakdown_table,
@@ -61,6 +62,7 @@ def assemble_report(run: RunData, notes: tuple[str, ...] = ()) -> Report:
             f"si report {shlex.quote(str(run.run_dir))}"
         ),
         extra_notes=tuple(n for n in notes if n),
+        racing=racing_table(manifest, ordered_sets(est)),
     )
 
 

@@ -80,3 +80,4 @@ class Report:
     command: str
     footer: str
     extra_notes: tuple[str, ...] = field(default=())  # e.g. what was recomputed for an older estimates.json
+    racing: Table | None = None  # `si rank --until-decided`: prompts per set, decisions, calls saved

@@ -106,6 +106,7 @@ def render_html(report: Report) -> str:
         _table(report.ranking, "ranking-table"),
         _figure(report.ranking_figure),
         _figure(report.rank_figure) if report.rank_figure is not None else "",
+        "<h3>Racing: which ranks are decided</h3>" + _table(report.racing, "racing-table") if report.racing else "",
         "</section>",
         '<section id="sets"><h2>3. Per set</h2>',
         *(_set(s) for s in report.sets),

@@ -63,6 +63,7 @@ def render_markdown(report: Report) -> str:
         _table(report.ranking),
         _figure(report.ranking_figure),
         _figure(report.rank_figure) if report.rank_figure is not None else "",
+        f"### Racing: which ranks are decided\n\n{_table(report.racing)}" if report.racing else "",
         "## 3. Per set",
         *(_set(s) for s in report.sets),
         "## 4. Evidence: chains of thought",
