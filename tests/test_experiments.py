@@ -65,3 +65,11 @@ def test_dose_response_analysis_reproduces_the_recorded_spearman() -> None:
     assert result.returncode == 0, result.stderr
     # The README records these; they depend only on the recorded per-set SI, not on a bootstrap.
     assert re.findall(r"Spearman ρ\(dose, SI\) = ([0-9.]+)", result.stdout) == ["0.900", "0.700"]
+
+
+def test_test_retest_analysis_reproduces_the_recorded_agreement() -> None:
+    result = run_script(RETEST / "analyse.py")
+    assert result.returncode == 0, result.stderr
+    # Point values recorded in the README (ρ over sets, ρ_SB over 500 seeded splits).
+    assert re.findall(r"\| ([0-9.]+) \[[^]]*\] \(n = 7 sets\)", result.stdout) == ["0.93", "0.89"]
+    assert re.findall(r"ρ_SB = ([0-9.]+)", result.stdout)[:2] == ["0.91", "0.72"]
