@@ -19,7 +19,8 @@ Layer indices follow transformers' `hidden_states` tuple: 0 = embeddings, L = th
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +29,7 @@ from torch import Tensor
 
 from si_toolkit.errors import SIError
 
-__all__ = ["ForwardOutput", "forward_pairs", "span_mask", "span_sums"]
+__all__ = ["ForwardOutput", "forward_pairs", "lora_dropout", "span_mask", "span_sums"]
 
 
 @dataclass
@@ -85,6 +86,24 @@ def forward_pairs(
         with torch.no_grad():
             entropy = -(logp_all.exp() * logp_all).sum(-1)  # (B, C)
     return ForwardOutput(logp, mask, entropy, hidden)
+
+
+@contextmanager
+def lora_dropout(model: Any, active: bool) -> Iterator[None]:
+    """Inside the block, the LoRA dropout layers of `model` (peft's `lora_dropout`) are in train
+    mode; everything else keeps its mode. The policy otherwise stays in eval mode: generation and
+    the no-grad passes (π_old, the SAMI monitor) see the distribution without dropout, and the
+    base model's own dropout (which the training config does not set) never runs.
+    """
+    layers = [m for name, m in model.named_modules()
+              if isinstance(m, torch.nn.Dropout) and ".lora_dropout." in f".{name}."] if active else []
+    for layer in layers:
+        layer.train()
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.eval()
 
 
 def _device_of(model: Any) -> torch.device:

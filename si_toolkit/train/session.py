@@ -147,7 +147,12 @@ def _apply_lora(model: Any, config: TrainConfig, checkpoint: Path | None) -> Any
     lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                       target_modules=list(config.lora_targets), task_type="CAUSAL_LM")
     try:
-        return get_peft_model(model, lora)
+        # The adapters' A matrices start random (B = 0): draw them from the run's seed, not from
+        # whatever state torch's global generator is in, so two runs with one seed agree.
+        device = next(model.parameters()).device
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(config.seed)
+            return get_peft_model(model, lora)
     except ValueError as err:
         raise SIError(f"lora_targets={config.lora_targets}: {str(err).splitlines()[0]}; "
                       "name modules of this model") from None
@@ -174,10 +179,23 @@ def _load_models(config: TrainConfig, ctx: DistContext, checkpoint: Path | None,
     if config.lora_r > 0:
         policy = _apply_lora(policy, config, checkpoint)
         backend.model = policy  # generation samples from the adapted policy
-    # Dropout stays off (eval mode), as TRL's disable_dropout: the loss must score the
-    # distribution that generated the samples.
+    # Eval mode, as TRL's disable_dropout: generation and the no-grad passes score the
+    # distribution that generated the samples. Only LoRA dropout (lora_dropout > 0) switches on,
+    # inside the loss forward that takes gradients (forward.lora_dropout).
     policy.eval()
     return backend, policy, reference
+
+
+def _resume_state(checkpoint: Path) -> dict[str, Any]:
+    """The trainer state to resume from; a model-only checkpoint is an error naming the ways on."""
+    state = load_trainer_state(checkpoint)
+    if "optimizer" not in state:
+        raise SIError(
+            f"{checkpoint} was saved without its optimizer state (save_final_optimizer=false), so the run cannot "
+            f"continue from it: start a new run from these weights with --model {checkpoint}, or move that folder "
+            "away to resume from the checkpoint before it"
+        )
+    return state
 
 
 def open_session(config: TrainConfig, principle_set: PrincipleSet, out_dir: Path, *, resume: bool,
@@ -193,6 +211,7 @@ def open_session(config: TrainConfig, principle_set: PrincipleSet, out_dir: Path
     prompts = load_prompts(config.prompts, n=config.n_prompts)
     eval_prompts = load_prompts(config.eval_prompts, n=config.n_eval_prompts) if config.eval_prompts else None
     checkpoint = _prepare_out_dir(config, principle_set, out_dir, resume, ctx)
+    state = _resume_state(checkpoint) if checkpoint is not None else None  # before loading any weights
     needs_reference = config.beta > 0.0 or config.ot_weight > 0.0 or config.monitor_off_terms
     backend, policy, reference = _load_models(config, ctx, checkpoint, needs_reference)
     model = policy
@@ -205,8 +224,7 @@ def open_session(config: TrainConfig, principle_set: PrincipleSet, out_dir: Path
                                   eps=config.adam_epsilon, weight_decay=config.weight_decay)
     start_step = 0
     metrics = MetricsLog(out_dir, enabled=ctx.is_main, tensorboard=config.tensorboard)
-    if checkpoint is not None:
-        state = load_trainer_state(checkpoint)
+    if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         restore_rng(state["rng"])
         start_step = int(state["step"])
