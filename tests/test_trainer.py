@@ -119,6 +119,38 @@ def test_sami_matrix_equals_the_scoring_stage(tiny_backend, pair_set) -> None:
             assert [every[int(index[m, i, j])][0] for i in range(2)] == list(group.variant_prompt_ids)
 
 
+def test_shared_prompt_passes_equal_one_pass_with_gradients(tiny_model_dir) -> None:
+    """forward_pairs runs each distinct prompt once and the completions on its cache: log-probs,
+    entropies, hidden states and the gradient equal one pass over [prompt | completion] rows."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    a, b = (5, 9, 12, 40, 41, 7), (6, 9, 30)  # two prompts of different lengths
+    pairs = [(a, (3, 4, 5)), (b, (8,)), (a, (11, 12, 13, 14, 15)), (b, (20, 21)), (a, (3, 4))]
+    results = []
+    for share in (True, False):
+        model.zero_grad()
+        out = forward_pairs(model, pairs, pad_id=0, temperature=0.7, layers=[0, 1, -1], with_entropy=True,
+                            share_prompts=share)
+        (out.logp.sum() + sum(h[out.mask].sum() for h in out.hidden.values())).backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+        results.append((out, grads))
+    (shared, g_shared), (single, g_single) = results
+    assert torch.equal(shared.mask, single.mask) and shared.mask.sum() == 3 + 1 + 5 + 2 + 2
+    torch.testing.assert_close(shared.logp, single.logp, atol=1e-5, rtol=0)
+    m = shared.mask  # padding columns hold whatever the padded position computes
+    torch.testing.assert_close(shared.entropy[m], single.entropy[m], atol=1e-5, rtol=0)
+    for layer in (0, 1, -1):
+        torch.testing.assert_close(shared.hidden[layer][m], single.hidden[layer][m], atol=1e-5, rtol=0)
+    for name in g_single:
+        torch.testing.assert_close(g_shared[name], g_single[name], atol=1e-4, rtol=1e-4, msg=name)
+    # log π_T(y) = log softmax(logits / T)[y]: check one token against a plain forward.
+    with torch.no_grad():
+        logits = model(torch.tensor([list(a) + [3, 4, 5]])).logits[0, len(a) - 1: len(a) + 2] / 0.7
+    expected = torch.log_softmax(logits, -1).gather(1, torch.tensor([[3], [4], [5]]))[:, 0]
+    torch.testing.assert_close(shared.logp[0, :3], expected.detach(), atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize(("cot_ends", "logged"), [((0, 3), False), ((2, 3), True)], ids=["one-point-cloud", "two-points"])
 def test_ot_term_needs_two_points_per_cloud(tiny_backend, pair_set, cot_ends, logged) -> None:
     """A completion whose CoT span is empty ('<answer>' first) adds no OT point; a 1-point cloud adds no term."""

@@ -33,6 +33,7 @@ from si_toolkit.safeio import atomic_write_json
 from si_toolkit.train.checkpoint import latest_checkpoint, load_trainer_state, restore_rng
 from si_toolkit.train.config import RESUMABLE_CHANGES, TrainConfig
 from si_toolkit.train.distributed import DistContext, barrier
+from si_toolkit.train.forward import PairModel
 from si_toolkit.train.metrics import MetricsLog
 
 __all__ = ["RUN_FILE", "Session", "open_session", "run_record"]
@@ -50,7 +51,7 @@ class Session:
     principle_set: PrincipleSet
     backend: HFBackend
     policy: Any  # unwrapped policy (transformers or PEFT model); generation uses it
-    model: Any  # what the loss forward calls: DDP(policy) under torchrun, else the policy
+    model: Any  # what the loss forward calls: DDP(PairModel(policy)) under torchrun, else the policy
     reference: Any | None  # frozen initial weights; None when unused or with LoRA
     optimizer: torch.optim.Optimizer
     prompts: PromptSet
@@ -158,6 +159,21 @@ def _apply_lora(model: Any, config: TrainConfig, checkpoint: Path | None) -> Any
                       "name modules of this model") from None
 
 
+def _own_memory(model: Any) -> None:
+    """Copy every parameter into memory of its own (64-byte aligned, like every torch allocation).
+
+    transformers maps float weights straight from the safetensors file, at offsets set by the
+    file's header (24 or 40 bytes past a 64-byte boundary here). MKL's matmuls take slower
+    paths on such memory and their last bits depend on the alignment, so a run resumed from a
+    checkpoint (another file, another layout) would not repeat the uninterrupted run bit for
+    bit; and the optimizer's first write would copy each mapped page anyway. Tied weights stay
+    tied: `parameters()` yields a shared parameter once.
+    """
+    with torch.no_grad():
+        for param in model.parameters():
+            param.data = param.data.clone()
+
+
 def _load_models(config: TrainConfig, ctx: DistContext, checkpoint: Path | None,
                  needs_reference: bool) -> tuple[HFBackend, Any, Any | None]:
     """(backend whose .model is the policy, policy, reference or None)."""
@@ -179,6 +195,9 @@ def _load_models(config: TrainConfig, ctx: DistContext, checkpoint: Path | None,
     if config.lora_r > 0:
         policy = _apply_lora(policy, config, checkpoint)
         backend.model = policy  # generation samples from the adapted policy
+    for model in (policy, reference):
+        if model is not None:
+            _own_memory(model)
     # Eval mode, as TRL's disable_dropout: generation and the no-grad passes score the
     # distribution that generated the samples. Only LoRA dropout (lora_dropout > 0) switches on,
     # inside the loss forward that takes gradients (forward.lora_dropout).
@@ -218,7 +237,8 @@ def open_session(config: TrainConfig, principle_set: PrincipleSet, out_dir: Path
     if ctx.enabled:
         from torch.nn.parallel import DistributedDataParallel
 
-        model = DistributedDataParallel(policy, device_ids=[ctx.local_rank] if backend.device != "cpu" else None)
+        # Around PairModel: forward_pairs runs its prompt and completion passes as one DDP forward.
+        model = DistributedDataParallel(PairModel(policy), device_ids=[ctx.local_rank] if backend.device != "cpu" else None)
     trainable = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
                                   eps=config.adam_epsilon, weight_decay=config.weight_decay)

@@ -42,7 +42,7 @@ from si_toolkit.train.distributed import DistContext, all_gather_rows, all_reduc
 from si_toolkit.train.forward import forward_pairs, span_mask, span_sums
 from si_toolkit.train.metrics import StatSums, health_warnings, rollout_stats
 from si_toolkit.train.rewards import compute_rewards, reward_terms
-from si_toolkit.train.rollout import Group, group_seed, rollout_group, step_prompt_indices
+from si_toolkit.train.rollout import Group, group_seed, rollout_groups, step_prompt_indices
 from si_toolkit.train.session import Session, open_session
 from si_toolkit.train.terms import MicroBatch, Models, loss_tokens, micro_batch_loss, sami_pairs, term_weights
 
@@ -153,11 +153,10 @@ def _generate(s: Session, step: int) -> list[Group]:
     c = s.config
     indices = step_prompt_indices(len(s.prompts), c.prompts_per_step, step, c.seed)
     texts = [v.text for v in s.principle_set.variants]
-    return [
-        rollout_group(s.backend, s.tokenizer, s.prompts.prompts[index], texts, num_generations=c.num_generations,
-                      sampling=s.sampling, prefill=c.prefill, seed=c.seed, step=step, position=position)
-        for position, index in enumerate(indices) if position % s.ctx.world_size == s.ctx.rank
-    ]
+    mine = [(position, s.prompts.prompts[index]) for position, index in enumerate(indices)
+            if position % s.ctx.world_size == s.ctx.rank]
+    return rollout_groups(s.backend, s.tokenizer, mine, texts, num_generations=c.num_generations,
+                          sampling=s.sampling, prefill=c.prefill, seed=c.seed, step=step)
 
 
 def _rewards(s: Session, groups: list[Group], reward_fn: RewardHook | None) -> np.ndarray:
@@ -275,11 +274,11 @@ def evaluate(s: Session, step: int, reward_fn: RewardHook | None = None) -> dict
     if s.eval_prompts is None:
         raise SIError("evaluation needs eval_prompts; set eval_prompts or eval_every=0")
     texts = [v.text for v in s.principle_set.variants]
-    for position, prompt in enumerate(s.eval_prompts.prompts):
-        if position % s.ctx.world_size != s.ctx.rank:
-            continue
-        group = rollout_group(s.backend, s.tokenizer, prompt, texts, num_generations=c.num_generations,
-                              sampling=s.sampling, prefill=c.prefill, seed=c.seed, step=0, position=position)
+    mine = [(position, prompt) for position, prompt in enumerate(s.eval_prompts.prompts)
+            if position % s.ctx.world_size == s.ctx.rank]
+    groups = rollout_groups(s.backend, s.tokenizer, mine, texts, num_generations=c.num_generations,
+                            sampling=s.sampling, prefill=c.prefill, seed=c.seed, step=0)
+    for group in groups:
         rewards = _rewards(s, [group], reward_fn)
         stats.add("eval_reward_mean", float(rewards.mean()), len(rewards))
         stats.add("eval_format_rate", float(np.mean([r.format_ok for r in group.rollouts])), len(rewards))
