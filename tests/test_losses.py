@@ -97,13 +97,34 @@ def test_group_advantages_nan_reward_is_left_out() -> None:
     torch.testing.assert_close(group_advantages(rewards, 4), expected)
 
 
+def test_group_advantages_batch_divides_by_the_std_of_every_reward() -> None:
+    # TRL scale_rewards="batch": centre by the group mean, divide by the std of all 8 rewards.
+    # Rewards 1, 0, 0, 0 | 3, 1, 2, 2: group means 0.25 and 2.0; batch mean 9/8 = 1.125.
+    # Squared deviations: 0.015625 + 3·1.265625 + 3.515625 + 0.015625 + 2·0.765625 = 8.875;
+    # unbiased var = 8.875 / 7 = 1.267857, std = 1.126014.
+    rewards = torch.tensor([1.0, 0.0, 0.0, 0.0, 3.0, 1.0, 2.0, 2.0], dtype=torch.float64)
+    std = math.sqrt(8.875 / 7) + 1e-4
+    expected = torch.tensor([0.75, -0.25, -0.25, -0.25, 1.0, -1.0, 0.0, 0.0], dtype=torch.float64) / std
+    torch.testing.assert_close(group_advantages(rewards, 4, scale="batch"), expected)
+    assert float(rewards.std()) == pytest.approx(std - 1e-4)  # the same std torch computes
+
+
+def test_group_advantages_batch_ignores_nan_rewards() -> None:
+    # Valid rewards 1, 0 | 2, 4 (the NaN in group 1 is left out): group means 0.5 and 3.
+    # Batch mean 7/4; squared deviations 0.5625 + 3.0625 + 0.0625 + 5.0625 = 8.75; var 8.75/3.
+    rewards = torch.tensor([1.0, float("nan"), 0.0, 2.0, 4.0, float("nan")], dtype=torch.float64)
+    std = math.sqrt(8.75 / 3) + 1e-4
+    expected = torch.tensor([0.5 / std, 0.0, -0.5 / std, -1.0 / std, 1.0 / std, 0.0], dtype=torch.float64)
+    torch.testing.assert_close(group_advantages(rewards, 3, scale="batch"), expected)
+
+
 def test_group_advantages_rejects_bad_input() -> None:
     with pytest.raises(SIError, match="num_generations"):
         group_advantages(torch.zeros(4), 1)
     with pytest.raises(ValueError, match="divisible"):
         group_advantages(torch.zeros(5), 2)
     with pytest.raises(SIError, match="scale"):
-        group_advantages(torch.zeros(4), 2, scale="batch")  # type: ignore[arg-type]
+        group_advantages(torch.zeros(4), 2, scale="batches")  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------------------------
@@ -140,6 +161,31 @@ def test_grpo_on_policy_aggregations(loss_type: str) -> None:
     expected = torch.tensor([[g1, g1, g1], [g2, g2, 0.0]], dtype=torch.float64)
     torch.testing.assert_close(logp.grad, expected)
     assert stats["clip_ratio_region"] == 0.0 and "kl" not in stats
+
+
+# Completion 2 truncated (mask_truncated_completions): its two tokens leave the loss.
+#   grpo:    mean(−3/3, 0) = −0.5   (it still counts as one of the N = 2 sequences, as in TRL)
+#   dr_grpo: −3 / (2·3) = −0.5
+#   dapo:    −3 / 3 remaining tokens = −1.0
+TRUNCATED_LOSS = {"grpo": -0.5, "dr_grpo": -0.5, "dapo": -1.0}
+
+
+@pytest.mark.parametrize("loss_type", sorted(LOSS_AGGREGATIONS))
+def test_grpo_truncated_completions_leave_the_loss(loss_type: str) -> None:
+    logp, mask, advantages = _on_policy_batch()
+    ref = logp.detach() - 0.5  # KL would be e^{-0.5} + 0.5 − 1 = 0.1065 on every active token
+    truncated = torch.tensor([False, True])
+    loss, stats = grpo_loss(logp, logp.detach(), advantages, mask, loss_type=loss_type,  # type: ignore[arg-type]
+                            truncated=truncated, ref_logp=ref)
+    assert loss.item() == pytest.approx(TRUNCATED_LOSS[loss_type], abs=1e-12)
+    loss.backward()  # type: ignore[no-untyped-call]
+    assert logp.grad is not None and float(logp.grad[1].abs().sum()) == 0.0  # no gradient through row 2
+    assert stats["kl"] == pytest.approx(math.exp(-0.5) - 0.5, abs=1e-12)
+    untouched, _ = grpo_loss(logp, logp.detach(), advantages, mask, loss_type=loss_type,  # type: ignore[arg-type]
+                             truncated=torch.tensor([False, False]))
+    assert untouched.item() == pytest.approx(ON_POLICY_LOSS[loss_type], abs=1e-12)
+    with pytest.raises(ValueError, match="truncated"):
+        grpo_loss(logp, logp.detach(), advantages, mask, truncated=torch.tensor([True]))
 
 
 def test_grpo_dr_grpo_uses_max_completion_length() -> None:

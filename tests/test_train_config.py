@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -126,3 +127,27 @@ def test_every_field_has_help_text() -> None:
     assert len(rows) == len(TrainConfig.__dataclass_fields__)
     assert all(text for _, _, text in rows)
     assert ("ot_layers", "[-1]", rows[[r[0] for r in rows].index("ot_layers")][2]) in rows
+
+
+@pytest.mark.parametrize(("raw", "expected"), [(True, "group"), (False, "none"), ("false", "none"), ("batch", "batch")],
+                         ids=["yaml-true", "yaml-false", "cli-false", "name"])
+def test_scale_rewards_takes_trl_spellings(raw: object, expected: str, tmp_path: Path) -> None:
+    """TRL accepts scale_rewards: true/false for group/none; a ported config means the same here."""
+    assert load_train_config(None, {"scale_rewards": raw}).scale_rewards == expected
+    path = tmp_path / "trl.yaml"
+    path.write_text(f"scale_rewards: {str(raw).lower()}\nmask_truncated_completions: true\n", encoding="utf-8")
+    ported = load_train_config(path)
+    assert ported.scale_rewards == expected and ported.mask_truncated_completions is True
+
+
+@pytest.mark.parametrize(("loss_type", "warns"), [("dapo", True), ("dr_grpo", True), ("grpo", False)])
+def test_sequence_level_importance_warns_with_token_sum_losses(loss_type: str, warns: bool) -> None:
+    """As TRL warns: dapo / dr_grpo sum per-token terms, so GSPO's per-sequence objective is lost."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        TrainConfig(importance_level="sequence", loss_type=loss_type)  # type: ignore[arg-type]
+        TrainConfig(importance_level="token", loss_type=loss_type)  # type: ignore[arg-type]
+    messages = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+    assert len(messages) == (1 if warns else 0), messages
+    if warns:
+        assert f"loss_type={loss_type!r}" in messages[0] and "set loss_type='grpo'" in messages[0]

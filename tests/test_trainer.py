@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -118,6 +119,38 @@ def test_sami_matrix_equals_the_scoring_stage(tiny_backend, pair_set) -> None:
             assert [every[int(index[m, i, j])][0] for i in range(2)] == list(group.variant_prompt_ids)
 
 
+def test_shared_prompt_passes_equal_one_pass_with_gradients(tiny_model_dir) -> None:
+    """forward_pairs runs each distinct prompt once and the completions on its cache: log-probs,
+    entropies, hidden states and the gradient equal one pass over [prompt | completion] rows."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    a, b = (5, 9, 12, 40, 41, 7), (6, 9, 30)  # two prompts of different lengths
+    pairs = [(a, (3, 4, 5)), (b, (8,)), (a, (11, 12, 13, 14, 15)), (b, (20, 21)), (a, (3, 4))]
+    results = []
+    for share in (True, False):
+        model.zero_grad()
+        out = forward_pairs(model, pairs, pad_id=0, temperature=0.7, layers=[0, 1, -1], with_entropy=True,
+                            share_prompts=share)
+        (out.logp.sum() + sum(h[out.mask].sum() for h in out.hidden.values())).backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+        results.append((out, grads))
+    (shared, g_shared), (single, g_single) = results
+    assert torch.equal(shared.mask, single.mask) and shared.mask.sum() == 3 + 1 + 5 + 2 + 2
+    torch.testing.assert_close(shared.logp, single.logp, atol=1e-5, rtol=0)
+    m = shared.mask  # padding columns hold whatever the padded position computes
+    torch.testing.assert_close(shared.entropy[m], single.entropy[m], atol=1e-5, rtol=0)
+    for layer in (0, 1, -1):
+        torch.testing.assert_close(shared.hidden[layer][m], single.hidden[layer][m], atol=1e-5, rtol=0)
+    for name in g_single:
+        torch.testing.assert_close(g_shared[name], g_single[name], atol=1e-4, rtol=1e-4, msg=name)
+    # log π_T(y) = log softmax(logits / T)[y]: check one token against a plain forward.
+    with torch.no_grad():
+        logits = model(torch.tensor([list(a) + [3, 4, 5]])).logits[0, len(a) - 1: len(a) + 2] / 0.7
+    expected = torch.log_softmax(logits, -1).gather(1, torch.tensor([[3], [4], [5]]))[:, 0]
+    torch.testing.assert_close(shared.logp[0, :3], expected.detach(), atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize(("cot_ends", "logged"), [((0, 3), False), ((2, 3), True)], ids=["one-point-cloud", "two-points"])
 def test_ot_term_needs_two_points_per_cloud(tiny_backend, pair_set, cot_ends, logged) -> None:
     """A completion whose CoT span is empty ('<answer>' first) adds no OT point; a 1-point cloud adds no term."""
@@ -212,6 +245,40 @@ def test_resume_continues_exactly(tiny_model_dir, pair_set, tmp_path) -> None:
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_model_only_final_checkpoint_is_small_and_refuses_to_resume(tiny_model_dir, pair_set, tmp_path) -> None:
+    """save_final_optimizer=false: checkpoint-2 (save_every) keeps AdamW's state for resuming; the final
+    checkpoint-3 does not, still loads in transformers, and --resume from it says what to do."""
+    cfg = _config(tiny_model_dir, max_steps=3, save_every=2, save_final_optimizer=False, preset="grpo",
+                  monitor_off_terms=False)
+    out = tmp_path / "final"
+    train(cfg, pair_set, out)
+    assert "optimizer" in load_trainer_state(out / "checkpoint-2")
+    final = load_trainer_state(out / "checkpoint-3")
+    assert "optimizer" not in final and final["step"] == 3
+    size = lambda name: (out / name / "trainer_state.pt").stat().st_size  # noqa: E731
+    assert size("checkpoint-3") * 10 < size("checkpoint-2")
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(out / "checkpoint-3") is not None
+    longer = TrainConfig(**{**cfg.to_dict(), "max_steps": 4})
+    with pytest.raises(SIError, match=r"checkpoint-3 was saved without its optimizer state.*--model .*checkpoint-3"):
+        train(longer, pair_set, out, resume=True)
+
+
+def test_missing_tensorboard_is_said_once(tmp_path, monkeypatch) -> None:
+    from si_toolkit.train.metrics import MetricsLog
+
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # makes the import fail, installed or not
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    with pytest.warns(UserWarning, match="tensorboard package is not installed.*tensorboard=false") as caught:
+        log = MetricsLog(tmp_path, enabled=True, tensorboard=True)
+    assert len(caught) == 1 and log.writer is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning when TensorBoard is off, or on processes that do not log
+        MetricsLog(tmp_path, enabled=True, tensorboard=False)
+        MetricsLog(tmp_path, enabled=False, tensorboard=True)
+
+
 def test_the_loop_learns_a_reward_that_varies(tiny_model_dir, pair_set, tmp_path) -> None:
     """Reward = share of completion tokens from the lower half of the vocabulary: it rises while S_ε stays bounded.
 
@@ -238,8 +305,8 @@ def test_the_loop_learns_a_reward_that_varies(tiny_model_dir, pair_set, tmp_path
 
 @pytest.mark.parametrize(
     ("loss_type", "importance_level", "scale_rewards"),
-    [("grpo", "token", "group"), ("dr_grpo", "token", "none"), ("dapo", "sequence", "group")],
-    ids=["grpo", "dr_grpo-unscaled", "dapo-gspo"],
+    [("grpo", "token", "group"), ("dr_grpo", "token", "none"), ("dapo", "sequence", "group"), ("dapo", "token", "batch")],
+    ids=["grpo", "dr_grpo-unscaled", "dapo-gspo", "dapo-batch-scaled"],
 )
 def test_every_loss_variant_trains(tiny_model_dir, pair_set, tmp_path, loss_type, importance_level, scale_rewards) -> None:
     def by_length(group) -> list[float]:  # varies inside every group: a GRPO signal for each variant
@@ -250,6 +317,93 @@ def test_every_loss_variant_trains(tiny_model_dir, pair_set, tmp_path, loss_type
     row = train(cfg, pair_set, tmp_path / loss_type, reward_fn=by_length).rows[0]
     assert math.isfinite(row["loss_grpo"]) and row["grad_norm"] > 0
     assert "kl" not in row and "sinkhorn" not in row  # no reference model is loaded
+
+
+def test_step_advantages_use_the_whole_step_and_keep_this_ranks_rows() -> None:
+    """Rank 1 of 2 holds the second group; with scale_rewards=batch its advantages divide by the
+    std of all 8 rewards of the step, not of its own 4."""
+    from si_toolkit.train.distributed import DistContext
+
+    step = np.array([1.0, 0.0, 0.0, 0.0, 3.0, 1.0, 2.0, 2.0])  # rank 0's group, then rank 1's
+    # Rank 1's group 3, 1, 2, 2: mean 2, centred 1, −1, 0, 0. Step std = sqrt(8.875 / 7) (see
+    # test_losses); its own std would be sqrt(2/3).
+    rank1 = DistContext(rank=1, world_size=2)
+    batch = trainer_module.step_advantages(step, 4, TrainConfig(scale_rewards="batch"), rank1)
+    expected = torch.tensor([1.0, -1.0, 0.0, 0.0], dtype=torch.float64) / (math.sqrt(8.875 / 7) + 1e-4)
+    torch.testing.assert_close(batch, expected)
+    group = trainer_module.step_advantages(step, 4, TrainConfig(scale_rewards="group"), rank1)
+    torch.testing.assert_close(group, torch.tensor([1.0, -1.0, 0.0, 0.0], dtype=torch.float64) / (math.sqrt(2 / 3) + 1e-4))
+
+
+def test_loss_tokens_leave_out_truncated_completions(tiny_backend, pair_set) -> None:
+    from si_toolkit.train.rollout import Group, Rollout
+    from si_toolkit.train.terms import loss_tokens
+
+    prompt = load_prompts("builtin:arithmetic", n=1).prompts[0]
+    rollouts = tuple(Rollout(variant=v, replicate=0, prompt_ids=(1,), token_ids=(5,) * n, text="", cot_end=0,
+                             format_ok=False, finish_reason=reason)
+                     for v, (n, reason) in enumerate([(3, "stop"), (8, "length")]))
+    group = Group(position=0, prompt=prompt, variant_prompt_ids=((1,), (1,)), rollouts=rollouts)
+    assert loss_tokens([group], mask_truncated=False) == 11
+    assert loss_tokens([group], mask_truncated=True) == 3  # the 8 tokens of the truncated one are gone
+
+
+def test_masking_every_truncated_completion_leaves_no_grpo_gradient(tiny_model_dir, pair_set, tmp_path) -> None:
+    """The tiny model never emits EOS in 8 tokens, so every completion is truncated: with
+    mask_truncated_completions nothing is left in the GRPO loss and the weights do not move."""
+    def by_length(group) -> list[float]:
+        return [float(len(set(r.token_ids))) for r in group.rollouts]
+
+    settings = dict(preset="grpo", max_steps=1, monitor_off_terms=False)
+    masked = train(_config(tiny_model_dir, mask_truncated_completions=True, **settings), pair_set, tmp_path / "m",
+                   reward_fn=by_length).rows[0]
+    assert masked["truncated_ratio"] == 1.0
+    assert masked["loss_grpo"] == 0.0 and masked["grad_norm"] == 0.0
+    initial, after = _params(tiny_model_dir), _params(tmp_path / "m" / "checkpoint-1")
+    assert all(torch.equal(initial[k], after[k]) for k in initial)
+    plain = train(_config(tiny_model_dir, **settings), pair_set, tmp_path / "p", reward_fn=by_length).rows[0]
+    assert plain["grad_norm"] > 0.0  # the same completions without the mask do train
+
+
+def test_lora_dropout_runs_only_in_the_loss_forward(tiny_model_dir, pair_set) -> None:
+    """LoRA dropout is on inside `lora_dropout(…, True)` (two forwards differ) and off elsewhere."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from si_toolkit.train.forward import lora_dropout
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.5, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():  # B = 0 at initialisation would hide the branch, dropout or not
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.5)
+    model.eval()
+    pairs = [((1, 2, 3, 4), (5, 6, 7))]
+
+    def logp() -> torch.Tensor:
+        return forward_pairs(model, pairs, pad_id=0, temperature=1.0).logp.detach()
+
+    torch.manual_seed(0)
+    assert torch.equal(logp(), logp())  # eval mode: deterministic
+    with lora_dropout(model, True):
+        first, second = logp(), logp()
+    assert not torch.equal(first, second)
+    assert torch.equal(logp(), logp()) and not any(m.training for m in model.modules())  # back to eval
+    with lora_dropout(model, False):
+        assert torch.equal(logp(), logp())
+
+
+def test_lora_dropout_changes_the_update_and_repeats_under_a_seed(tiny_model_dir, pair_set, tmp_path) -> None:
+    def run(name: str, dropout: float) -> dict[str, torch.Tensor]:
+        cfg = _config(tiny_model_dir, max_steps=1, lora_r=4, lora_targets=["q_proj", "v_proj"], learning_rate=1e-2,
+                      lora_dropout=dropout, preset="grpo", monitor_off_terms=False)
+        train(cfg, pair_set, tmp_path / name, reward_fn=lambda g: [float(len(set(r.token_ids))) for r in g.rollouts])
+        return _params(tmp_path / name / "checkpoint-1")
+
+    a, b, none = run("a", 0.5), run("b", 0.5), run("none", 0.0)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the dropout masks come from (seed, step, rank)
+    assert any(not torch.equal(a[k], none[k]) for k in a)  # and they change the update
 
 
 def test_non_finite_loss_saves_the_last_weights_and_stops(tiny_model_dir, pair_set, tmp_path, monkeypatch) -> None:

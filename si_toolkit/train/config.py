@@ -21,15 +21,17 @@ from __future__ import annotations
 import difflib
 import math
 import typing
+import warnings
 from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from types import MappingProxyType, NoneType, UnionType
-from typing import Any, Literal, get_args, get_origin
+from types import MappingProxyType
+from typing import Any, Literal
 
 from si_toolkit.errors import SIError
 from si_toolkit.safeio import read_yaml_mapping
 from si_toolkit.tensors import Span
+from si_toolkit.train._config_values import check_type, convert
 from si_toolkit.train.rewards import RewardConfig
 
 __all__ = [
@@ -58,7 +60,7 @@ PRESETS: Mapping[str, tuple[bool, bool]] = MappingProxyType(
 
 # Keys that may differ when a run is resumed: they change bookkeeping, not the trajectory.
 RESUMABLE_CHANGES = frozenset(
-    {"max_steps", "save_every", "save_total_limit", "log_every", "tensorboard", "eval_every"}
+    {"max_steps", "save_every", "save_total_limit", "log_every", "tensorboard", "eval_every", "save_final_optimizer"}
 )
 
 
@@ -86,7 +88,9 @@ class TrainConfig:
     trust_remote_code: bool = _f(False, "Allow model code shipped in the model folder.")
     lora_r: int = _f(0, "LoRA rank; 0 trains all weights. > 0 needs the optional package peft.")
     lora_alpha: int = _f(32, "LoRA scaling alpha (> 0); the update is scaled by alpha / r.")
-    lora_dropout: float = _f(0.0, "Dropout on the LoRA branch, in [0, 1).")
+    lora_dropout: float = _f(
+        0.0, "Dropout on the LoRA branch, in [0, 1): active in the loss forward that takes gradients, off for generation and for every no-grad pass."
+    )
     lora_targets: list[str] = _f(
         ["q_proj", "k_proj", "v_proj", "o_proj"], "Module names that get LoRA adapters (Llama-style names)."
     )
@@ -113,7 +117,12 @@ class TrainConfig:
     importance_level: Literal["token", "sequence"] = _f(
         "token", "Importance weights per token, or per sequence (GSPO: exp of the mean log-ratio)."
     )
-    scale_rewards: Literal["group", "none"] = _f("group", "Divide advantages by the group std ('none' = Dr. GRPO).")
+    scale_rewards: Literal["group", "batch", "none"] = _f(
+        "group", "Divide the group-centred rewards by the group's std, the whole step's std (batch, PPO-Lite), or not at all (none, Dr. GRPO). TRL's true/false = group/none."
+    )
+    mask_truncated_completions: bool = _f(
+        False, "Leave completions cut at max_completion_length (no EOS) out of the GRPO loss, as TRL / DAPO; they keep their place in the reward statistics."
+    )
     num_iterations: int = _f(1, "mu: optimizer updates per generated batch (>= 1); > 1 makes updates off-policy.")
 
     # ---------------------------------------------------------------- optimisation
@@ -161,13 +170,16 @@ class TrainConfig:
     eval_every: int = _f(0, "Evaluate on eval_prompts every N steps (0 = never).")
     eval_prompts: str | None = _f(None, "Prompt set for evaluation (same forms as prompts); needed by eval_every.")
     n_eval_prompts: int | None = _f(None, "Use the first n eval prompts (None = all).")
-    tensorboard: bool = _f(True, "Also write TensorBoard events when the tensorboard package is installed.")
+    save_final_optimizer: bool = _f(
+        True, "Keep the optimizer state (AdamW: 2 x the trainable weights in fp32) in the final checkpoint. false: the final checkpoint is model-only and the run cannot be continued from it; save_every checkpoints always keep it."
+    )
+    tensorboard: bool = _f(True, "Also write TensorBoard events (needs the tensorboard package; a warning says when it is missing).")
     entropy_warn: float = _f(0.1, "Warn when the mean token entropy (nats) falls below this (collapse).")
     zero_std_warn: float = _f(0.9, "Warn when the fraction of zero-reward-std groups exceeds this.")
 
     def __post_init__(self) -> None:
         for f in fields(self):
-            _check_type(f.name, getattr(self, f.name), _HINTS[f.name])
+            check_type(f.name, getattr(self, f.name), _HINTS[f.name])
         sami_on, ot_on = PRESETS[self.preset]
         # Frozen dataclass: the preset's weights are filled in once, here, and then never change.
         sami = _resolve_lambda("lambda_sami", self.lambda_sami, sami_on, self.preset, DEFAULT_LAMBDA_SAMI)
@@ -176,6 +188,14 @@ class TrainConfig:
         object.__setattr__(self, "lambda_ot", ot)
         _check_ranges(self)
         self.reward_config()  # RewardConfig validates its own fields
+        if self.importance_level == "sequence" and self.loss_type in ("dapo", "dr_grpo"):
+            warnings.warn(
+                f"importance_level='sequence' with loss_type={self.loss_type!r}: the loss sums per-token terms, so "
+                "each sequence is weighted by its length instead of optimising the per-sequence (GSPO) objective; "
+                "set loss_type='grpo' to reproduce the GSPO paper",
+                UserWarning,
+                stacklevel=3,
+            )
 
     def reward_config(self) -> RewardConfig:
         """The reward terms this config enables (rewards.RewardConfig)."""
@@ -268,86 +288,6 @@ def _check_floats(c: TrainConfig) -> None:
     _require(0.0 <= finite("zero_std_warn") <= 1.0, f"zero_std_warn={c.zero_std_warn}: must be in [0, 1]")
 
 
-# --------------------------------------------------------------------------------------------
-# Type checking and conversion of user values
-# --------------------------------------------------------------------------------------------
-
-
-def _type_name(hint: Any) -> str:
-    if get_origin(hint) is Literal:
-        return " | ".join(repr(a) for a in get_args(hint))
-    if get_origin(hint) in (UnionType, typing.Union):
-        return " or ".join(_type_name(a) for a in get_args(hint))
-    if get_origin(hint) is list:
-        return f"a list of {_type_name(get_args(hint)[0])}"
-    return "None" if hint is NoneType else getattr(hint, "__name__", str(hint))
-
-
-def _matches(value: Any, hint: Any) -> bool:
-    origin = get_origin(hint)
-    if origin is Literal:
-        return value in get_args(hint) and isinstance(value, str)
-    if origin in (UnionType, typing.Union):
-        return any(_matches(value, a) for a in get_args(hint))
-    if origin is list:
-        return isinstance(value, list) and all(_matches(v, get_args(hint)[0]) for v in value)
-    if hint is NoneType:
-        return value is None
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, hint)
-
-
-def _check_type(name: str, value: Any, hint: Any) -> None:
-    if not _matches(value, hint):
-        raise SIError(f"{name}={value!r}: expected {_type_name(hint)}")
-
-
-_TRUE = {"true", "yes", "on", "1"}
-_FALSE = {"false", "no", "off", "0"}
-
-
-def _convert(name: str, raw: Any, hint: Any) -> Any:
-    """Turn a YAML value or a command-line string into the field's type (or raise SIError)."""
-    if _matches(raw, hint):
-        # An int given for a float field (YAML `lr: 1`) is stored as a float.
-        return float(raw) if isinstance(raw, int) and not _matches(raw, _without_float(hint)) else raw
-    if not isinstance(raw, str):
-        raise SIError(f"{name}={raw!r}: expected {_type_name(hint)}")
-    text = raw.strip()
-    args = get_args(hint)
-    if get_origin(hint) in (UnionType, typing.Union):
-        if NoneType in args and text.lower() in ("none", "null", "~", ""):
-            return None
-        inner = [a for a in args if a is not NoneType]
-        return _convert(name, raw, inner[0] if len(inner) == 1 else hint)
-    try:
-        if hint is bool and text.lower() in _TRUE | _FALSE:
-            return text.lower() in _TRUE
-        if hint is int:
-            return int(text)
-        if hint is float:
-            return float(text)
-        if get_origin(hint) is list:
-            items = [t.strip().strip("'\"") for t in text.strip("[]").split(",") if t.strip()]
-            return [_convert(name, item, args[0]) for item in items]
-    except ValueError:
-        pass
-    raise SIError(f"{name}={raw!r}: expected {_type_name(hint)}")
-
-
-def _without_float(hint: Any) -> Any:
-    """The hint minus float (so an int that matches only via float is known to need converting)."""
-    if hint is float:
-        return NoneType
-    if get_origin(hint) in (UnionType, typing.Union):
-        rest = [a for a in get_args(hint) if a is not float]
-        return typing.Union[tuple(rest)] if rest else NoneType
-    return hint
-
-
 def _unknown_key_error(key: str, where: str) -> SIError:
     close = difflib.get_close_matches(key, list(_HINTS), n=1)
     hint = f"; did you mean {close[0]!r}?" if close else "; run `si train --help-config` for the list"
@@ -383,7 +323,7 @@ def load_train_config(path: Path | None = None, overrides: Mapping[str, Any] | N
         for key, raw in mapping.items():
             if key not in _HINTS:
                 raise _unknown_key_error(str(key), where)
-            values[key] = _convert(key, raw, _HINTS[key])
+            values[key] = convert(key, raw, _HINTS[key])
     return TrainConfig(**values)
 
 

@@ -1,34 +1,53 @@
 """Teacher-forced forward passes over (prompt ids, completion ids) pairs, and span reductions.
 
-One call scores a batch of pairs in ONE forward of the model: prompts are left-padded to a
-common width P and completions right-padded to a common width C, so every completion starts
-at column P and
+Pairs share prompts: the G completions of a prompt come from its K renderings, and the SAMI
+matrix scores K completions under each rendering. So a call runs in two passes through the
+model, as the scoring backend does:
 
-    logits at column P − 1 + t  predict completion token t          (t = 0..C−1)
+1. the U distinct prompts, left-padded to a common width P, once each, keeping their KV cache
+   (with gradients, when the call has them);
+2. the B completions, right-padded to a common width C, on top of their prompt's cache rows
+   (each prompt row is repeated for its pairs, and backward sums its gradients).
 
-Only those C positions go through the lm-head (`logits_to_keep`), which matters for 49k-token
-vocabularies. Positions ids count real tokens only (left padding does not shift them), as
-in generation. Log-probs are taken at the sampling temperature T, log softmax(logits / T),
-like TRL, so that the ratio π_θ/π_old compares the distributions that were sampled from.
+Prompts are usually most of a pair's tokens, so the forward and backward cost falls with the
+number of pairs per prompt (2 for G = 4 and K = 2, 4 with the SAMI cross pairs). The result
+equals one pass over [prompt | completion] rows up to float rounding (`share_prompts=False`
+runs that single pass; models whose cache is not a plain dynamic one, e.g. sliding-window
+layers, use it always). Under DDP the two passes must be one forward of the wrapped module:
+wrap `PairModel(policy)`, not the policy.
 
-Hidden states of the requested layers come from the same forward (`output_hidden_states`),
-sliced to the completion columns: `hidden[l][b, t]` is layer l's state at completion token t.
-Layer indices follow transformers' `hidden_states` tuple: 0 = embeddings, L = the last layer
-(after the final norm for Llama-style models), negative = counted from the end.
+    logits predicting completion token t:  t = 0 from the prompt's last position (pass 1),
+                                           t ≥ 1 from completion position t − 1 (pass 2)
+
+Only completion positions go through the lm-head (`logits_to_keep`), which matters for
+49k-token vocabularies, and log-probs are log π(y_t) = logits[y_t] − logsumexp(logits), which
+keeps one (B, C, V) block of logits for backward rather than a second log-softmax copy.
+Position ids count real tokens only (left padding does not shift them), as in generation.
+Log-probs are taken at the sampling temperature T, log softmax(logits / T), like TRL, so that
+the ratio π_θ/π_old compares the distributions that were sampled from.
+
+Hidden states of the requested layers come from the completion pass (`output_hidden_states`):
+`hidden[l][b, t]` is layer l's state at completion token t. Layer indices follow transformers'
+`hidden_states` tuple: 0 = embeddings, L = the last layer (after the final norm for
+Llama-style models), negative = counted from the end.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from si_toolkit.backends.decode import cache_kwarg, output_cache
 from si_toolkit.errors import SIError
 
-__all__ = ["ForwardOutput", "forward_pairs", "span_mask", "span_sums"]
+__all__ = ["ForwardOutput", "PairModel", "forward_pairs", "lora_dropout", "span_mask", "span_sums"]
+
+_ENTROPY_ROWS = 4  # rows per no-grad entropy chunk: 4 x 64 tokens x 49152 vocab x 4 B = 50 MB of temporaries
 
 
 @dataclass
@@ -41,6 +60,38 @@ class ForwardOutput:
     hidden: dict[int, Tensor]  # layer -> (B, C, D) hidden states at the completion tokens
 
 
+@dataclass
+class PairBatch:
+    """The tensors of one call: distinct prompts, and completions pointing at their prompt."""
+
+    prompt_ids: Tensor  # (U, P) left-padded distinct prompts
+    prompt_mask: Tensor  # (U, P)
+    owner: Tensor  # (B,) long: the prompt row of each pair
+    completion_ids: Tensor  # (B, C) right-padded completions
+    completion_mask: Tensor  # (B, C)
+
+
+@dataclass
+class PassOutput:
+    """Logits predicting completion tokens 0 and 1..C−1, and the requested hidden states."""
+
+    first: Tensor | None  # (B, 1, V)
+    rest: Tensor | None  # (B, C − 1, V)
+    hidden: dict[int, Tensor]  # layer -> (B, C, D)
+
+
+class PairModel(torch.nn.Module):
+    """A causal LM whose forward runs both passes of `forward_pairs`, so that DDP, which allows
+    one forward per backward, can wrap it: `DistributedDataParallel(PairModel(policy))`."""
+
+    def __init__(self, lm: Any) -> None:
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, batch: PairBatch, layers: Sequence[int], with_logits: bool, share_prompts: bool) -> PassOutput:
+        return _run(self.lm, batch, layers, with_logits, share_prompts)
+
+
 def forward_pairs(
     model: Any,
     pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
@@ -50,11 +101,12 @@ def forward_pairs(
     layers: Sequence[int] = (),
     with_logits: bool = True,
     with_entropy: bool = False,
+    share_prompts: bool = True,
 ) -> ForwardOutput:
-    """Run `model` once over the pairs; see the module docstring for the layout.
+    """Score the pairs with `model`; see the module docstring for the two passes.
 
     Args:
-        model: a transformers causal LM (or a DDP / PEFT wrapper around one).
+        model: a transformers causal LM (or a PEFT model), or DDP around a `PairModel`.
         pairs: (prompt ids, completion ids); every completion holds at least one token.
         pad_id: id written into padding (never attended to, never scored).
         temperature: T of the sampling distribution.
@@ -62,50 +114,146 @@ def forward_pairs(
         with_logits: False skips the lm-head over the completion (then logp is all zeros);
             for reference passes that only need hidden states.
         with_entropy: also return the per-token entropy (no grad).
+        share_prompts: run each distinct prompt once (default); False runs one pass over
+            [prompt | completion] rows (the reference the two-pass result is tested against).
     """
-    if not pairs or any(len(c) == 0 for _, c in pairs):
-        raise ValueError("forward_pairs needs at least one pair, each with a non-empty completion")
+    if not pairs or any(len(c) == 0 or len(p) == 0 for p, c in pairs):
+        raise ValueError("forward_pairs needs at least one pair, each with a non-empty prompt and completion")
     device = _device_of(model)
-    ids, attention, positions, P, C = _layout(pairs, pad_id, device)
-    out = model(
-        input_ids=ids, attention_mask=attention, position_ids=positions, use_cache=False,
-        output_hidden_states=bool(layers), logits_to_keep=C + 1 if with_logits else 1,
-    )
-    completion = ids[:, P:]  # (B, C)
-    mask = attention[:, P:].bool()  # (B, C)
+    batch = _layout(pairs, pad_id, device)
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        out = model(batch, list(layers), with_logits, share_prompts)
+    else:
+        out = _run(model, batch, list(layers), with_logits, share_prompts)
+    mask = batch.completion_mask.bool()  # (B, C)
+    if out.first is None or out.rest is None:
+        return ForwardOutput(torch.zeros(mask.shape, device=device), mask, None, out.hidden)
+    ids = batch.completion_ids
+    logp, entropy = _token_logp([(out.first, ids[:, :1]), (out.rest, ids[:, 1:])], temperature, with_entropy)
+    logp = torch.where(mask, logp, torch.zeros_like(logp))
+    return ForwardOutput(logp, mask, entropy, out.hidden)
+
+
+def _run(lm: Any, batch: PairBatch, layers: Sequence[int], with_logits: bool, share_prompts: bool) -> PassOutput:
+    """Both passes (or the single pass) over one batch; logits are the model's, not yet scaled by T."""
+    if not share_prompts:
+        return _single_pass(lm, batch, layers, with_logits)
+    prompt_positions = (batch.prompt_mask.cumsum(1) - 1).clamp(min=0)
+    first = lm(input_ids=batch.prompt_ids, attention_mask=batch.prompt_mask, position_ids=prompt_positions,
+               use_cache=True, logits_to_keep=1)
+    cache = output_cache(first)
+    if not _plain_dynamic(cache):
+        return _single_pass(lm, batch, layers, with_logits)
+    for layer in cache.layers:  # one cache row per pair, holding its prompt's keys and values
+        layer.keys, layer.values = layer.keys.index_select(0, batch.owner), layer.values.index_select(0, batch.owner)
+    C = batch.completion_ids.shape[1]
+    mask = torch.cat([batch.prompt_mask.index_select(0, batch.owner), batch.completion_mask], 1)  # (B, P + C)
+    lengths = batch.prompt_mask.sum(1).index_select(0, batch.owner)  # (B,)
+    positions = lengths[:, None] + torch.arange(C, device=lengths.device)[None, :]  # (B, C)
+    second = lm(input_ids=batch.completion_ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                output_hidden_states=bool(layers), logits_to_keep=C if with_logits else 1,
+                **{cache_kwarg(_base_lm(lm)): cache})
+    hidden = {layer: _layer(second.hidden_states, layer) for layer in layers}  # each (B, C, D)
+    if not with_logits:
+        return PassOutput(None, None, hidden)
+    return PassOutput(first.logits[:, -1:].index_select(0, batch.owner), second.logits[:, : C - 1], hidden)
+
+
+def _single_pass(lm: Any, batch: PairBatch, layers: Sequence[int], with_logits: bool) -> PassOutput:
+    """One forward over [left-padded prompt | right-padded completion] rows."""
+    prompt_ids, prompt_mask = batch.prompt_ids.index_select(0, batch.owner), batch.prompt_mask.index_select(0, batch.owner)
+    ids = torch.cat([prompt_ids, batch.completion_ids], 1)  # (B, P + C)
+    attention = torch.cat([prompt_mask, batch.completion_mask], 1)
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)  # real tokens count from 0, as in generation
+    P, C = prompt_ids.shape[1], batch.completion_ids.shape[1]
+    out = lm(input_ids=ids, attention_mask=attention, position_ids=positions, use_cache=False,
+             output_hidden_states=bool(layers), logits_to_keep=C + 1 if with_logits else 1)
     hidden = {layer: _layer(out.hidden_states, layer)[:, P:] for layer in layers}  # each (B, C, D)
     if not with_logits:
-        return ForwardOutput(torch.zeros(completion.shape, device=device), mask, None, hidden)
-    logits = out.logits[:, :C].float() / temperature  # (B, C, V): column P−1+t predicts token t
-    logp_all = torch.log_softmax(logits, dim=-1)
-    logp = logp_all.gather(-1, completion.unsqueeze(-1)).squeeze(-1)  # (B, C)
-    logp = torch.where(mask, logp, torch.zeros_like(logp))
-    entropy = None
-    if with_entropy:
-        with torch.no_grad():
-            entropy = -(logp_all.exp() * logp_all).sum(-1)  # (B, C)
-    return ForwardOutput(logp, mask, entropy, hidden)
+        return PassOutput(None, None, hidden)
+    return PassOutput(out.logits[:, :1], out.logits[:, 1:C], hidden)  # column P − 1 + t predicts token t
+
+
+def _token_logp(pieces: Sequence[tuple[Tensor, Tensor]], temperature: float,
+                with_entropy: bool) -> tuple[Tensor, Tensor | None]:
+    """log π_T(y) = l[y] − logsumexp(l), l = logits / T, per (logits (B, c, V), targets (B, c)) piece,
+    concatenated over the pieces; and the no-grad entropy H = logsumexp(l) − Σ softmax(l)·l."""
+    logps, entropies = [], []
+    for logits, targets in pieces:
+        logits = logits.float()  # no copy for a float32 model
+        if temperature != 1.0:
+            logits = logits / temperature
+        lse = torch.logsumexp(logits, dim=-1)  # (B, c); backward keeps `logits`, no second copy
+        logps.append(logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse)
+        if with_entropy:
+            entropies.append(_entropy(logits.detach(), lse.detach()))
+    return torch.cat(logps, 1), (torch.cat(entropies, 1) if with_entropy else None)
+
+
+@torch.no_grad()
+def _entropy(logits: Tensor, lse: Tensor) -> Tensor:
+    """(B, c) entropy from logits (B, c, V) and their logsumexp, a few rows at a time."""
+    parts = []
+    for start in range(0, logits.shape[0], _ENTROPY_ROWS):
+        chunk, norm = logits[start: start + _ENTROPY_ROWS], lse[start: start + _ENTROPY_ROWS]
+        probs = torch.exp(chunk - norm.unsqueeze(-1))
+        parts.append(norm - (probs * chunk).sum(-1))
+    return torch.cat(parts)
+
+
+def _plain_dynamic(cache: Any) -> bool:
+    """True when every cache layer is a full-attention dynamic layer (rows can be repeated freely)."""
+    from transformers.cache_utils import DynamicLayer
+
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
+
+
+def _base_lm(lm: Any) -> Any:
+    """The transformers model under a PEFT wrapper (its forward names the cache argument)."""
+    return lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+
+
+@contextmanager
+def lora_dropout(model: Any, active: bool) -> Iterator[None]:
+    """Inside the block, the LoRA dropout layers of `model` (peft's `lora_dropout`) are in train
+    mode; everything else keeps its mode. The policy otherwise stays in eval mode: generation and
+    the no-grad passes (π_old, the SAMI monitor) see the distribution without dropout, and the
+    base model's own dropout (which the training config does not set) never runs.
+    """
+    layers = [m for name, m in model.named_modules()
+              if isinstance(m, torch.nn.Dropout) and ".lora_dropout." in f".{name}."] if active else []
+    for layer in layers:
+        layer.train()
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.eval()
 
 
 def _device_of(model: Any) -> torch.device:
     return next(model.parameters()).device
 
 
-def _layout(
-    pairs: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id: int, device: torch.device
-) -> tuple[Tensor, Tensor, Tensor, int, int]:
-    """(ids, attention, position ids, P, C): left-padded prompts, right-padded completions."""
-    P = max(len(p) for p, _ in pairs)
-    C = max(len(c) for _, c in pairs)
-    B = len(pairs)
-    ids = torch.full((B, P + C), pad_id, dtype=torch.long)
-    attention = torch.zeros((B, P + C), dtype=torch.long)
-    for b, (prompt, completion) in enumerate(pairs):
-        ids[b, P - len(prompt): P] = torch.tensor(list(prompt), dtype=torch.long)
-        ids[b, P: P + len(completion)] = torch.tensor(list(completion), dtype=torch.long)
-        attention[b, P - len(prompt): P + len(completion)] = 1
-    positions = (attention.cumsum(-1) - 1).clamp(min=0)  # real tokens count from 0, as in generation
-    return ids.to(device), attention.to(device), positions.to(device), P, C
+def _layout(pairs: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id: int, device: torch.device) -> PairBatch:
+    """Distinct prompts (left-padded, first-seen order) and completions (right-padded)."""
+    rows: dict[tuple[int, ...], int] = {}
+    owner = [rows.setdefault(tuple(prompt), len(rows)) for prompt, _ in pairs]
+    prompts = list(rows)
+    P, C = max(len(p) for p in prompts), max(len(c) for _, c in pairs)
+    prompt_ids = torch.full((len(prompts), P), pad_id, dtype=torch.long)
+    prompt_mask = torch.zeros((len(prompts), P), dtype=torch.long)
+    for u, prompt in enumerate(prompts):
+        prompt_ids[u, P - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
+        prompt_mask[u, P - len(prompt):] = 1
+    completion_ids = torch.full((len(pairs), C), pad_id, dtype=torch.long)
+    completion_mask = torch.zeros((len(pairs), C), dtype=torch.long)
+    for b, (_, completion) in enumerate(pairs):
+        completion_ids[b, : len(completion)] = torch.tensor(list(completion), dtype=torch.long)
+        completion_mask[b, : len(completion)] = 1
+    return PairBatch(prompt_ids.to(device), prompt_mask.to(device), torch.tensor(owner, device=device),
+                     completion_ids.to(device), completion_mask.to(device))
 
 
 def _layer(hidden_states: tuple[Tensor, ...], layer: int) -> Tensor:

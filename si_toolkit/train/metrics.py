@@ -8,7 +8,8 @@ terms (see trainer._term_weights).
 
 `MetricsLog` appends one JSON object per step to OUT/metrics.jsonl (each line is flushed and
 fsynced; on resume the rows after the checkpoint's step are dropped by rewriting the file
-atomically) and mirrors scalars to TensorBoard when the `tensorboard` package is installed.
+atomically) and mirrors scalars to TensorBoard when the `tensorboard` package is installed
+(when it is not, one warning says so).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +103,13 @@ class MetricsLog:
 
                 self.writer = SummaryWriter(log_dir=str(out_dir / "tensorboard"))
             except ImportError:
-                self.writer = None
+                warnings.warn(
+                    "tensorboard=true, but the tensorboard package is not installed: no TensorBoard events are "
+                    f"written (every metric is still in {self.path}); pip install tensorboard, or set "
+                    "tensorboard=false to silence this",
+                    UserWarning,
+                    stacklevel=2,
+                )
 
     def truncate_after(self, step: int) -> None:
         """Drop rows with step > `step` (a run killed after logging but before checkpointing)."""

@@ -6,7 +6,7 @@ the model generated *after* the prefill: `COT</think><answer>ANSWER</answer>`.
 
 - `graded_format_reward` (default): partial credit for each element of the format, in order,
   so that a small model that rarely emits the exact format still gets a learning signal
-  (on the embedded model a binary reward was 0 for every completion: no learning signal).
+  (on the embedded model a binary reward was 0 for every sampled completion).
 - `strict_format_reward`: 1 for the exact format, else 0. "Exact" is `si_toolkit.chat`'s
   `is_exact_format`, the same test that sets `format_ok` in samples.parquet.
 - Optional terms, off by default: `length_reward` (soft over-length penalty) and

@@ -11,9 +11,12 @@ process would for the same global batch.
   a random subset). Each completion's variant is uniform over the K variants, and when G is a
   multiple of K every variant appears G/K times, so the group holds G/K complete K×K SAMI
   matrices (replicate r pairs the r-th completion of every variant).
-- `rollout_group`: renders the prompt under each variant with `si_toolkit.chat` (the same
-  rendering and `<think>` prefill as the sampling stage), samples the G completions in one
-  seeded `Backend.generate` call, and parses their spans.
+- `rollout_groups`: renders each prompt under each variant with `si_toolkit.chat` (the same
+  rendering and `<think>` prefill as the sampling stage), samples the G completions of every
+  prompt of the step in one `Backend.generate` call with a seed per row, and parses their
+  spans. One batch of all the step's rows costs about what one prompt's G rows cost (a decode
+  step on a CPU is bound by reading the weights), and the per-row seeds keep each prompt's
+  samples what a call with that prompt alone would draw.
 """
 
 from __future__ import annotations
@@ -24,14 +27,14 @@ from typing import Any
 
 import numpy as np
 
-from si_toolkit.backends.base import Backend, SamplingConfig
+from si_toolkit.backends.base import Backend, Generation, SamplingConfig, prompt_seeds
 from si_toolkit.chat import parse_response, render_prompt_ids
 from si_toolkit.errors import SIError
 from si_toolkit.prompts import Prompt
 from si_toolkit.tensors import Span
 
-__all__ = ["Group", "Rollout", "assign_variants", "group_seed", "rollout_group", "span_bounds",
-           "step_prompt_indices"]
+__all__ = ["Group", "Rollout", "assign_variants", "group_seed", "rollout_group", "rollout_groups",
+           "span_bounds", "step_prompt_indices"]
 
 
 
@@ -101,7 +104,47 @@ def rollout_group(
     step: int,
     position: int,
 ) -> Group:
-    """Sample the G completions of one prompt (see the module docstring for the seeding rules)."""
+    """Sample the G completions of one prompt: `rollout_groups` with one prompt."""
+    return rollout_groups(backend, tokenizer, [(position, prompt)], variant_texts, num_generations=num_generations,
+                          sampling=sampling, prefill=prefill, seed=seed, step=step)[0]
+
+
+def rollout_groups(
+    backend: Backend,
+    tokenizer: Any,
+    prompts: Sequence[tuple[int, Prompt]],
+    variant_texts: Sequence[str],
+    *,
+    num_generations: int,
+    sampling: SamplingConfig,
+    prefill: bool,
+    seed: int,
+    step: int,
+) -> list[Group]:
+    """Sample the G completions of each (position, prompt) in ONE `Backend.generate` call.
+
+    Row g of the prompt at `position` draws from the stream `request_seed(group_seed(seed,
+    step, position), g)`, the stream a call with that prompt alone would give it, so what a
+    prompt gets does not depend on which prompts share the batch (see the module docstring).
+    """
+    plans = [_plan_group(backend, tokenizer, prompt, variant_texts, num_generations=num_generations,
+                         sampling=sampling, prefill=prefill, seed=seed, step=step, position=position)
+             for position, prompt in prompts]
+    rows = [list(rendered[v]) for _, rendered, variants, _ in plans for v in variants]
+    seeds = [s for _, _, _, group_seeds in plans for s in group_seeds]
+    generations = backend.generate(rows, sampling, seeds) if rows else []
+    groups, offset = [], 0
+    for (position, prompt), (_, rendered, variants, _) in zip(prompts, plans):
+        gens = [g[0] for g in generations[offset: offset + len(variants)]]
+        offset += len(variants)
+        groups.append(_finish_group(tokenizer, position, prompt, rendered, variants, gens, prefill))
+    return groups
+
+
+def _plan_group(backend: Backend, tokenizer: Any, prompt: Prompt, variant_texts: Sequence[str], *,
+                num_generations: int, sampling: SamplingConfig, prefill: bool, seed: int, step: int,
+                position: int) -> tuple[Prompt, tuple[tuple[int, ...], ...], list[int], list[int]]:
+    """(prompt, its K renderings, the variant of each of the G rows, each row's sampling seed)."""
     rendered = tuple(tuple(render_prompt_ids(tokenizer, text, prompt.text, prefill=prefill)) for text in variant_texts)
     longest = max(len(ids) for ids in rendered)
     if longest + sampling.max_new_tokens > backend.max_context:
@@ -111,10 +154,14 @@ def rollout_group(
         )
     variant_rng = np.random.default_rng(group_seed(seed, step, position, 1))
     variants = assign_variants(num_generations, len(variant_texts), variant_rng)
-    generations = backend.generate([list(rendered[v]) for v in variants], sampling, group_seed(seed, step, position))
+    return prompt, rendered, variants, prompt_seeds(group_seed(seed, step, position), num_generations)
+
+
+def _finish_group(tokenizer: Any, position: int, prompt: Prompt, rendered: tuple[tuple[int, ...], ...],
+                  variants: list[int], generations: Sequence[Generation], prefill: bool) -> Group:
+    """Parse the G sampled completions of one prompt into its Group."""
     rollouts = []
-    for g, (variant, gens) in enumerate(zip(variants, generations)):
-        gen = gens[0]
+    for g, (variant, gen) in enumerate(zip(variants, generations)):
         parsed = parse_response(tokenizer, list(gen.token_ids), prefill=prefill)
         rollouts.append(Rollout(
             variant=variant, replicate=variants[:g].count(variant), prompt_ids=rendered[variant],

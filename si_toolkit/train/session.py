@@ -33,6 +33,7 @@ from si_toolkit.safeio import atomic_write_json
 from si_toolkit.train.checkpoint import latest_checkpoint, load_trainer_state, restore_rng
 from si_toolkit.train.config import RESUMABLE_CHANGES, TrainConfig
 from si_toolkit.train.distributed import DistContext, barrier
+from si_toolkit.train.forward import PairModel
 from si_toolkit.train.metrics import MetricsLog
 
 __all__ = ["RUN_FILE", "Session", "open_session", "run_record"]
@@ -50,7 +51,7 @@ class Session:
     principle_set: PrincipleSet
     backend: HFBackend
     policy: Any  # unwrapped policy (transformers or PEFT model); generation uses it
-    model: Any  # what the loss forward calls: DDP(policy) under torchrun, else the policy
+    model: Any  # what the loss forward calls: DDP(PairModel(policy)) under torchrun, else the policy
     reference: Any | None  # frozen initial weights; None when unused or with LoRA
     optimizer: torch.optim.Optimizer
     prompts: PromptSet
@@ -147,10 +148,30 @@ def _apply_lora(model: Any, config: TrainConfig, checkpoint: Path | None) -> Any
     lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                       target_modules=list(config.lora_targets), task_type="CAUSAL_LM")
     try:
-        return get_peft_model(model, lora)
+        # The adapters' A matrices start random (B = 0): draw them from the run's seed, not from
+        # whatever state torch's global generator is in, so two runs with one seed agree.
+        device = next(model.parameters()).device
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(config.seed)
+            return get_peft_model(model, lora)
     except ValueError as err:
         raise SIError(f"lora_targets={config.lora_targets}: {str(err).splitlines()[0]}; "
                       "name modules of this model") from None
+
+
+def _own_memory(model: Any) -> None:
+    """Copy every parameter into memory of its own (64-byte aligned, like every torch allocation).
+
+    transformers maps float weights straight from the safetensors file, at offsets set by the
+    file's header (24 or 40 bytes past a 64-byte boundary here). MKL's matmuls take slower
+    paths on such memory and their last bits depend on the alignment, so a run resumed from a
+    checkpoint (another file, another layout) would not repeat the uninterrupted run bit for
+    bit; and the optimizer's first write would copy each mapped page anyway. Tied weights stay
+    tied: `parameters()` yields a shared parameter once.
+    """
+    with torch.no_grad():
+        for param in model.parameters():
+            param.data = param.data.clone()
 
 
 def _load_models(config: TrainConfig, ctx: DistContext, checkpoint: Path | None,
@@ -174,10 +195,26 @@ def _load_models(config: TrainConfig, ctx: DistContext, checkpoint: Path | None,
     if config.lora_r > 0:
         policy = _apply_lora(policy, config, checkpoint)
         backend.model = policy  # generation samples from the adapted policy
-    # Dropout stays off (eval mode), as TRL's disable_dropout: the loss must score the
-    # distribution that generated the samples.
+    for model in (policy, reference):
+        if model is not None:
+            _own_memory(model)
+    # Eval mode, as TRL's disable_dropout: generation and the no-grad passes score the
+    # distribution that generated the samples. Only LoRA dropout (lora_dropout > 0) switches on,
+    # inside the loss forward that takes gradients (forward.lora_dropout).
     policy.eval()
     return backend, policy, reference
+
+
+def _resume_state(checkpoint: Path) -> dict[str, Any]:
+    """The trainer state to resume from; a model-only checkpoint is an error naming the ways on."""
+    state = load_trainer_state(checkpoint)
+    if "optimizer" not in state:
+        raise SIError(
+            f"{checkpoint} was saved without its optimizer state (save_final_optimizer=false), so the run cannot "
+            f"continue from it: start a new run from these weights with --model {checkpoint}, or move that folder "
+            "away to resume from the checkpoint before it"
+        )
+    return state
 
 
 def open_session(config: TrainConfig, principle_set: PrincipleSet, out_dir: Path, *, resume: bool,
@@ -193,20 +230,21 @@ def open_session(config: TrainConfig, principle_set: PrincipleSet, out_dir: Path
     prompts = load_prompts(config.prompts, n=config.n_prompts)
     eval_prompts = load_prompts(config.eval_prompts, n=config.n_eval_prompts) if config.eval_prompts else None
     checkpoint = _prepare_out_dir(config, principle_set, out_dir, resume, ctx)
+    state = _resume_state(checkpoint) if checkpoint is not None else None  # before loading any weights
     needs_reference = config.beta > 0.0 or config.ot_weight > 0.0 or config.monitor_off_terms
     backend, policy, reference = _load_models(config, ctx, checkpoint, needs_reference)
     model = policy
     if ctx.enabled:
         from torch.nn.parallel import DistributedDataParallel
 
-        model = DistributedDataParallel(policy, device_ids=[ctx.local_rank] if backend.device != "cpu" else None)
+        # Around PairModel: forward_pairs runs its prompt and completion passes as one DDP forward.
+        model = DistributedDataParallel(PairModel(policy), device_ids=[ctx.local_rank] if backend.device != "cpu" else None)
     trainable = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
                                   eps=config.adam_epsilon, weight_decay=config.weight_decay)
     start_step = 0
     metrics = MetricsLog(out_dir, enabled=ctx.is_main, tensorboard=config.tensorboard)
-    if checkpoint is not None:
-        state = load_trainer_state(checkpoint)
+    if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         restore_rng(state["rng"])
         start_step = int(state["step"])

@@ -27,12 +27,12 @@ from torch import Tensor
 from si_toolkit.train import losses
 from si_toolkit.train.config import TrainConfig
 from si_toolkit.train.distributed import DistContext, all_gather_rows, gather_cloud
-from si_toolkit.train.forward import ForwardOutput, forward_pairs, span_mask, span_sums
+from si_toolkit.train.forward import ForwardOutput, forward_pairs, lora_dropout, span_mask, span_sums
 from si_toolkit.train.metrics import StatSums
 from si_toolkit.tensors import Span
 from si_toolkit.train.rollout import Group, span_bounds
 
-__all__ = ["MIN_OT_POINTS", "MicroBatch", "Models", "micro_batch_loss", "sami_pairs", "term_weights"]
+__all__ = ["MIN_OT_POINTS", "MicroBatch", "Models", "loss_tokens", "micro_batch_loss", "sami_pairs", "term_weights"]
 
 MIN_OT_POINTS = 2  # per cloud, over all processes (see _ot_term)
 
@@ -84,8 +84,18 @@ def term_weights(config: TrainConfig, ctx: DistContext, n_seq: int, n_tok: int, 
     world = ctx.world_size
     n_seq_global = config.prompts_per_step * config.num_generations
     n_mats_global = config.prompts_per_step * (config.num_generations // k)
-    grpo = world * (n_tok / total_tokens if config.loss_type == "dapo" else n_seq / n_seq_global)
+    # With no token left in the step (every completion masked as truncated) each micro-batch's dapo
+    # loss is 0; the sequence share then keeps the logged mean defined (0, not 0/0).
+    by_tokens = config.loss_type == "dapo" and total_tokens > 0
+    grpo = world * (n_tok / total_tokens if by_tokens else n_seq / n_seq_global)
     return {"grpo": grpo, "sami": world * n_mats / max(n_mats_global, 1), "ot": world / config.grad_accum}
+
+
+def loss_tokens(groups: Sequence[Group], mask_truncated: bool) -> int:
+    """Completion tokens that enter the GRPO loss (dapo's count): all of them, or with
+    mask_truncated_completions only those of completions that ended with EOS."""
+    return sum(len(r.token_ids) for g in groups for r in g.rollouts
+               if not (mask_truncated and r.finish_reason == "length"))
 
 
 Pair = tuple[tuple[int, ...], tuple[int, ...]]  # (prompt ids, completion ids)
@@ -130,8 +140,9 @@ def micro_batch_loss(config: TrainConfig, models: Models, mb: MicroBatch, k: int
     diagonal = mb.diagonal()
     extra, index, bounds = sami_pairs(mb.groups, k, config.sami_span) if sami_seen else ([], None, [])
     layers = list(config.ot_layers) if ot_seen else []
-    out = forward_pairs(models.model, diagonal + (extra if sami_on else []), pad_id=models.pad_id,
-                        temperature=config.temperature, layers=layers, with_entropy=True)
+    with lora_dropout(models.policy, config.lora_r > 0 and config.lora_dropout > 0.0):
+        out = forward_pairs(models.model, diagonal + (extra if sami_on else []), pad_id=models.pad_id,
+                            temperature=config.temperature, layers=layers, with_entropy=True)
     n = len(diagonal)
     loss = mb.weights["grpo"] * _grpo_term(config, out, mb, n, stats)
     if sami_seen and index is not None:
@@ -154,10 +165,13 @@ def _grpo_term(config: TrainConfig, out: ForwardOutput, mb: MicroBatch, n: int, 
     logp, mask = out.logp[:n], out.mask[:n]
     old = mb.old_logp if mb.old_logp is not None else logp.detach()
     ref_logp = mb.ref.logp if mb.ref is not None else None
+    truncated = None
+    if config.mask_truncated_completions:
+        truncated = torch.tensor([r.finish_reason == "length" for g in mb.groups for r in g.rollouts], device=logp.device)
     loss, info = losses.grpo_loss(
         logp, old, mb.advantages, mask, epsilon=config.epsilon, epsilon_high=config.epsilon_high,
         importance_level=config.importance_level, loss_type=config.loss_type,
-        max_completion_length=config.max_completion_length, ref_logp=ref_logp, beta=config.beta,
+        max_completion_length=config.max_completion_length, ref_logp=ref_logp, beta=config.beta, truncated=truncated,
     )
     stats.add("loss_grpo", float(loss.detach()), mb.weights["grpo"])
     for key, value in info.items():

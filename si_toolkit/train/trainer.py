@@ -24,8 +24,8 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,11 +42,11 @@ from si_toolkit.train.distributed import DistContext, all_gather_rows, all_reduc
 from si_toolkit.train.forward import forward_pairs, span_mask, span_sums
 from si_toolkit.train.metrics import StatSums, health_warnings, rollout_stats
 from si_toolkit.train.rewards import compute_rewards, reward_terms
-from si_toolkit.train.rollout import Group, group_seed, rollout_group, step_prompt_indices
+from si_toolkit.train.rollout import Group, group_seed, rollout_groups, step_prompt_indices
 from si_toolkit.train.session import Session, open_session
-from si_toolkit.train.terms import MicroBatch, Models, micro_batch_loss, sami_pairs, term_weights
+from si_toolkit.train.terms import MicroBatch, Models, loss_tokens, micro_batch_loss, sami_pairs, term_weights
 
-__all__ = ["RewardHook", "TrainResult", "learning_rate_at", "train", "train_step"]
+__all__ = ["RewardHook", "TrainResult", "learning_rate_at", "step_advantages", "train", "train_step"]
 
 RewardHook = Callable[[Group], Sequence[float]]
 StepCallback = Callable[[dict[str, Any]], None]
@@ -107,7 +107,8 @@ def train(config: TrainConfig, principle_set: PrincipleSet, out_dir: Path, *, re
                 row.update(evaluate(session, step, reward_fn))
             _log(session, row, on_step)
             if step == config.max_steps or (config.save_every and step % config.save_every == 0):
-                checkpoint = _checkpoint(session, step)
+                resumable = step != config.max_steps or config.save_final_optimizer
+                checkpoint = _checkpoint(session, step, optimizer=resumable)
     finally:
         session.metrics.close()
     return TrainResult(out_dir=out_dir, last_step=max(session.start_step, config.max_steps),
@@ -123,20 +124,22 @@ def train_step(s: Session, step: int, reward_fn: RewardHook | None = None) -> di
     groups = _generate(s, step)  # this process's prompts, G completions each
     generation_time = time.perf_counter() - start
     rewards = _rewards(s, groups, reward_fn)  # (n_local,) float64
-    advantages = losses.group_advantages(torch.from_numpy(rewards), c.num_generations, scale=c.scale_rewards)
-    row: dict[str, Any] = {"step": step, "lr": lr, **_rollout_row(s, groups, rewards)}
+    row, step_rewards = _rollout_row(s, groups, rewards)  # step_rewards: the whole step's, rank-major
+    advantages = step_advantages(step_rewards, len(rewards), c, s.ctx)
+    row = {"step": step, "lr": lr, **row}
     batches = _micro_batches(s, groups, advantages.float())  # whole prompts; fixed reference / old log-probs
     stats = StatSums()
     models = Models(model=s.model, policy=s.policy, pad_id=s.pad_id, ctx=s.ctx)
-    for _ in range(c.num_iterations):
-        finite = True
-        for i, mb in enumerate(batches):
-            sync = nullcontext() if i == len(batches) - 1 or not s.ctx.enabled else s.model.no_sync()
-            with sync:  # DDP all-reduces gradients only after the last micro-batch
-                loss = micro_batch_loss(c, models, mb, s.k, stats)
-                finite = finite and bool(torch.isfinite(loss.detach()))
-                loss.backward()
-        stats.add("grad_norm", _clip_and_step(s, step, finite), 1.0)
+    with _dropout_rng(s, step):
+        for _ in range(c.num_iterations):
+            finite = True
+            for i, mb in enumerate(batches):
+                sync = nullcontext() if i == len(batches) - 1 or not s.ctx.enabled else s.model.no_sync()
+                with sync:  # DDP all-reduces gradients only after the last micro-batch
+                    loss = micro_batch_loss(c, models, mb, s.k, stats)
+                    finite = finite and bool(torch.isfinite(loss.detach()))
+                    loss.backward()
+            stats.add("grad_norm", _clip_and_step(s, step, finite), 1.0)
     row.update(stats.reduce(s.ctx))
     row["loss"] = row["loss_grpo"] + c.sami_weight * row.get("loss_sami", 0.0) + c.ot_weight * row.get("sinkhorn", 0.0)
     row["step_time"] = time.perf_counter() - start
@@ -150,11 +153,10 @@ def _generate(s: Session, step: int) -> list[Group]:
     c = s.config
     indices = step_prompt_indices(len(s.prompts), c.prompts_per_step, step, c.seed)
     texts = [v.text for v in s.principle_set.variants]
-    return [
-        rollout_group(s.backend, s.tokenizer, s.prompts.prompts[index], texts, num_generations=c.num_generations,
-                      sampling=s.sampling, prefill=c.prefill, seed=c.seed, step=step, position=position)
-        for position, index in enumerate(indices) if position % s.ctx.world_size == s.ctx.rank
-    ]
+    mine = [(position, s.prompts.prompts[index]) for position, index in enumerate(indices)
+            if position % s.ctx.world_size == s.ctx.rank]
+    return rollout_groups(s.backend, s.tokenizer, mine, texts, num_generations=c.num_generations,
+                          sampling=s.sampling, prefill=c.prefill, seed=c.seed, step=step)
 
 
 def _rewards(s: Session, groups: list[Group], reward_fn: RewardHook | None) -> np.ndarray:
@@ -172,8 +174,9 @@ def _rewards(s: Session, groups: list[Group], reward_fn: RewardHook | None) -> n
     return np.asarray(out, dtype=np.float64)
 
 
-def _rollout_row(s: Session, groups: list[Group], rewards: np.ndarray) -> dict[str, Any]:
-    """Reward, format and length statistics of the whole step (gathered over processes)."""
+def _rollout_row(s: Session, groups: list[Group], rewards: np.ndarray) -> tuple[dict[str, Any], np.ndarray]:
+    """Reward, format and length statistics of the whole step (gathered over processes), and the
+    step's rewards in rank order (each rank's rows are whole groups)."""
     rollouts = [r for g in groups for r in g.rollouts]
     texts = [r.text for r in rollouts]
     answers = [g.prompt.answer for g in groups for _ in g.rollouts]
@@ -183,20 +186,43 @@ def _rollout_row(s: Session, groups: list[Group], rewards: np.ndarray) -> dict[s
     table = all_gather_rows(torch.from_numpy(local.astype(np.float64)), s.ctx).numpy()  # (n_global, 5)
     row = rollout_stats(table[:, 0], table[:, 1], table[:, 2], table[:, 3], table[:, 4], s.config.num_generations)
     row["_tokens"] = float(table[:, 3].sum())
-    return row
+    return row, table[:, 0]
+
+
+def step_advantages(step_rewards: np.ndarray, n_local: int, config: TrainConfig, ctx: DistContext) -> torch.Tensor:
+    """This process's advantages, computed over the whole step as TRL does (scale_rewards=batch
+    divides by the std of every reward of the step). step_rewards is rank-major and every rank
+    holds n_local rows of whole groups."""
+    every = losses.group_advantages(torch.from_numpy(step_rewards), config.num_generations, scale=config.scale_rewards)
+    return every[ctx.rank * n_local: (ctx.rank + 1) * n_local]
+
+
+@contextmanager
+def _dropout_rng(s: Session, step: int) -> Iterator[None]:
+    """LoRA dropout draws its masks from torch's global generator: seed it from (seed, step, rank)
+    for the step's updates, so runs and resumed runs repeat, and restore the caller's state after."""
+    if not (s.lora and s.config.lora_dropout > 0.0):
+        yield
+        return
+    device = _device(s)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(group_seed(s.config.seed, step, s.ctx.rank, 2))
+        yield
 
 
 def _micro_batches(s: Session, groups: list[Group], advantages: torch.Tensor) -> list[MicroBatch]:
     """Split this process's groups into grad_accum micro-batches and fix what the updates reuse."""
     c = s.config
-    total_tokens = int(all_reduce_sum(torch.tensor(sum(len(r.token_ids) for g in groups for r in g.rollouts)), s.ctx))
+    masked = c.mask_truncated_completions
+    total_tokens = int(all_reduce_sum(torch.tensor(loss_tokens(groups, masked)), s.ctx))
     size = len(groups) // c.grad_accum
     batches, offset = [], 0
     for start in range(0, len(groups), size):
         part = groups[start: start + size]
         n_seq = sum(len(g.rollouts) for g in part)
         mb = MicroBatch(groups=part, advantages=advantages[offset: offset + n_seq].to(_device(s)), weights={})
-        mb.weights = term_weights(c, s.ctx, n_seq, mb.n_tokens, len(part) * (c.num_generations // s.k), total_tokens, s.k)
+        mb.weights = term_weights(c, s.ctx, n_seq, loss_tokens(part, masked), len(part) * (c.num_generations // s.k),
+                                  total_tokens, s.k)
         offset += n_seq
         with torch.no_grad():
             mb.ref = _reference_pass(s, mb)
@@ -248,11 +274,11 @@ def evaluate(s: Session, step: int, reward_fn: RewardHook | None = None) -> dict
     if s.eval_prompts is None:
         raise SIError("evaluation needs eval_prompts; set eval_prompts or eval_every=0")
     texts = [v.text for v in s.principle_set.variants]
-    for position, prompt in enumerate(s.eval_prompts.prompts):
-        if position % s.ctx.world_size != s.ctx.rank:
-            continue
-        group = rollout_group(s.backend, s.tokenizer, prompt, texts, num_generations=c.num_generations,
-                              sampling=s.sampling, prefill=c.prefill, seed=c.seed, step=0, position=position)
+    mine = [(position, prompt) for position, prompt in enumerate(s.eval_prompts.prompts)
+            if position % s.ctx.world_size == s.ctx.rank]
+    groups = rollout_groups(s.backend, s.tokenizer, mine, texts, num_generations=c.num_generations,
+                            sampling=s.sampling, prefill=c.prefill, seed=c.seed, step=0)
+    for group in groups:
         rewards = _rewards(s, [group], reward_fn)
         stats.add("eval_reward_mean", float(rewards.mean()), len(rewards))
         stats.add("eval_format_rate", float(np.mean([r.format_ok for r in group.rollouts])), len(rewards))
@@ -286,12 +312,17 @@ def _log(s: Session, row: dict[str, Any], on_step: StepCallback | None) -> None:
             on_step(row)
 
 
-def _checkpoint(s: Session, step: int) -> Path:
-    """Save checkpoint-<step> on the main process; the others wait. Returns its path."""
+def _checkpoint(s: Session, step: int, *, optimizer: bool = True) -> Path:
+    """Save checkpoint-<step> on the main process; the others wait. Returns its path.
+
+    optimizer=False leaves the optimizer state out (a model-only final checkpoint, see
+    save_final_optimizer); such a checkpoint cannot be resumed from.
+    """
     path = s.out_dir / f"checkpoint-{step}"
     if s.ctx.is_main:
-        state = {"step": step, "optimizer": s.optimizer.state_dict(), "rng": capture_rng(),
-                 "config": s.config.to_dict(), "world_size": s.ctx.world_size}
+        state = {"step": step, "rng": capture_rng(), "config": s.config.to_dict(), "world_size": s.ctx.world_size}
+        if optimizer:
+            state["optimizer"] = s.optimizer.state_dict()
         save_checkpoint(s.out_dir, step, s.policy, s.tokenizer, state)
         prune_checkpoints(s.out_dir, s.config.save_total_limit)
     barrier(s.ctx)

@@ -32,7 +32,7 @@ __all__ = [
     "grpo_loss",
 ]
 
-AdvantageScale = Literal["group", "none"]
+AdvantageScale = Literal["group", "batch", "none"]
 ImportanceLevel = Literal["token", "sequence"]
 LossType = Literal["grpo", "dr_grpo", "dapo"]
 
@@ -44,39 +44,58 @@ ADVANTAGE_STD_EPS = 1e-4
 # --------------------------------------------------------------------------------------------
 
 
-def _scale_by_group_std(centered: Tensor) -> Tensor:
-    """Divide each group by (its unbiased std + 1e-4), ignoring NaN rewards; centered: (B, G)."""
-    valid = ~torch.isnan(centered)
-    count = valid.sum(dim=1, keepdim=True).to(centered.dtype)  # (B, 1)
-    squares = torch.where(valid, centered, torch.zeros_like(centered)) ** 2
-    # Bessel's correction, as torch.std and TRL's nanstd; a group with one valid reward gets NaN.
-    variance = squares.sum(dim=1, keepdim=True) / (count - 1)
-    return centered / (variance.sqrt() + ADVANTAGE_STD_EPS)
+def _nan_std(x: Tensor, dim: int | None) -> Tensor:
+    """Unbiased (n − 1) standard deviation ignoring NaN, as torch.std and TRL's `nanstd`.
+
+    Over `dim` (keepdim), or over every element when dim is None (a 0-d tensor). Fewer than two
+    valid values give NaN.
+    """
+    valid = ~torch.isnan(x)
+    zeros = torch.zeros_like(x)
+    if dim is None:
+        count = valid.sum().to(x.dtype)
+        mean = torch.where(valid, x, zeros).sum() / count
+        return (torch.where(valid, x - mean, zeros) ** 2).sum().div(count - 1).sqrt()
+    count = valid.sum(dim=dim, keepdim=True).to(x.dtype)
+    mean = torch.where(valid, x, zeros).sum(dim=dim, keepdim=True) / count
+    return (torch.where(valid, x - mean, zeros) ** 2).sum(dim=dim, keepdim=True).div(count - 1).sqrt()
 
 
-def _no_scale(centered: Tensor) -> Tensor:
+def _scale_by_group_std(centered: Tensor, grouped: Tensor) -> Tensor:
+    """Divide each group by (its unbiased std + 1e-4); centered, grouped: (B, G)."""
+    return centered / (_nan_std(grouped, dim=1) + ADVANTAGE_STD_EPS)  # (B, G) / (B, 1)
+
+
+def _scale_by_batch_std(centered: Tensor, grouped: Tensor) -> Tensor:
+    """PPO-Lite: divide by (the unbiased std of every reward in the batch + 1e-4)."""
+    return centered / (_nan_std(grouped, dim=None) + ADVANTAGE_STD_EPS)
+
+
+def _no_scale(centered: Tensor, grouped: Tensor) -> Tensor:
     """Dr. GRPO: keep the centred rewards, no division by the std."""
     return centered
 
 
-ADVANTAGE_SCALES: Mapping[str, Callable[[Tensor], Tensor]] = MappingProxyType(
-    {"group": _scale_by_group_std, "none": _no_scale}
+ADVANTAGE_SCALES: Mapping[str, Callable[[Tensor, Tensor], Tensor]] = MappingProxyType(
+    {"group": _scale_by_group_std, "batch": _scale_by_batch_std, "none": _no_scale}
 )
 
 
 def group_advantages(rewards: Tensor, num_generations: int, *, scale: AdvantageScale = "group") -> Tensor:
-    """Group-relative advantages Â of GRPO, as TRL computes them.
+    """Group-relative advantages Â of GRPO, as TRL computes them (`scale_rewards`).
 
     With rewards r reshaped into groups (B, G), the G completions of one prompt being
     consecutive (TRL's `RepeatSampler` order):
 
         scale="group":  Â_{b,g} = (r_{b,g} − mean_g r_{b,·}) / (std_g r_{b,·} + 1e-4)
-        scale="none":   Â_{b,g} =  r_{b,g} − mean_g r_{b,·}          (Dr. GRPO)
+        scale="batch":  Â_{b,g} = (r_{b,g} − mean_g r_{b,·}) / (std r + 1e-4)    (PPO-Lite, arXiv:2508.08221)
+        scale="none":   Â_{b,g} =  r_{b,g} − mean_g r_{b,·}                      (Dr. GRPO, arXiv:2503.20783)
 
     std is the *unbiased* (Bessel-corrected, n − 1) standard deviation, like `torch.std` and
-    TRL's `nanstd`. NaN rewards (a reward function that could not score a completion) are left
-    out of their group's mean and std, and get advantage 0, as in TRL. A group whose rewards
-    are all equal gets advantage 0 for every member: no learning signal.
+    TRL's `nanstd`; for "batch" it is taken over all B·G rewards of the call (not the centred
+    ones), so pass the whole global batch. NaN rewards (a reward function that could not score
+    a completion) are left out of means and stds, and get advantage 0, as in TRL. A group whose
+    rewards are all equal gets advantage 0 for every member: no learning signal.
 
     Args:
         rewards: (B*G,) float rewards.
@@ -93,7 +112,7 @@ def group_advantages(rewards: Tensor, num_generations: int, *, scale: AdvantageS
         raise ValueError(f"rewards must be 1-D with a length divisible by {num_generations}, got {tuple(rewards.shape)}")
     grouped = rewards.reshape(-1, num_generations)  # (B, G)
     centered = grouped - torch.nanmean(grouped, dim=1, keepdim=True)  # (B, G)
-    advantages = scale_fn(centered).reshape(-1)  # (B*G,)
+    advantages = scale_fn(centered, grouped).reshape(-1)  # (B*G,)
     return torch.where(torch.isnan(advantages), torch.zeros_like(advantages), advantages)
 
 
@@ -152,6 +171,7 @@ def grpo_loss(
     max_completion_length: int | None = None,
     ref_logp: Tensor | None = None,
     beta: float = 0.0,
+    truncated: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """The GRPO policy loss with the semantics of TRL's `GRPOTrainer._compute_loss`.
 
@@ -174,6 +194,11 @@ def grpo_loss(
     the gradient is Â·∇log π. Padding positions (mask = 0) never reach exp(), so they may hold
     any value, −inf included.
 
+    `truncated` is TRL's `mask_truncated_completions` (DAPO's overlong filtering): every token
+    of a completion cut at the length limit leaves the mask, so it adds nothing to the loss,
+    the dapo token count, the KL or the clip statistics; it still counts as one of the N
+    sequences of grpo and dr_grpo, as in TRL.
+
     Args:
         logp: (N, T) log π_θ of the completion tokens (with grad).
         old_logp: (N, T) log π_old of the same tokens (no grad).
@@ -186,6 +211,8 @@ def grpo_loss(
         max_completion_length: dr_grpo's normaliser; default T.
         ref_logp: (N, T) log π_ref of the same tokens; needed when beta != 0.
         beta: weight of the KL penalty (TRL default 0: no reference model).
+        truncated: (N,) bool, True for completions that hit the length limit without EOS; None
+            keeps every completion.
 
     Returns:
         (loss, stats): a scalar tensor, and floats `clip_ratio_low` (fraction of active tokens
@@ -199,6 +226,10 @@ def grpo_loss(
     eps_low, eps_high = _check_grpo_args(logp, old_logp, advantages, mask, ref_logp, epsilon, epsilon_high, beta)
     n_max = _max_length(max_completion_length, logp.shape[1])
     active = mask.bool()  # (N, T)
+    if truncated is not None:
+        if truncated.shape != advantages.shape:
+            raise ValueError(f"truncated must be ({logp.shape[0]},), got {tuple(truncated.shape)}")
+        active = active & ~truncated.bool().unsqueeze(1)  # (N, T): a truncated row loses every token
     maskf = active.to(logp.dtype)  # (N, T)
     zeros = torch.zeros_like(logp)
     log_ratio = torch.where(active, logp - old_logp, zeros)  # (N, T); padding -> 0 before exp
