@@ -42,6 +42,7 @@ __all__ = [
     "confusion_matrix",
     "cot_share",
     "critic_scores",
+    "identification_credit",
     "identification_hits",
     "log_posterior",
     "log_posterior_true",
@@ -52,9 +53,11 @@ __all__ = [
     "paired_comparison",
     "per_principle_si_per_prompt",
     "per_variant_accuracy",
+    "per_variant_fidelity",
     "per_variant_si_per_prompt",
     "rank_sets",
     "restrict_variants",
+    "seed_fidelity_per_prompt",
     "si_per_prompt",
 ]
 
@@ -233,6 +236,45 @@ def per_variant_accuracy(L: FloatArray) -> FloatArray:
     L: (n, K, K, R). Returns (K,) fractions in [0, 1].
     """
     out: FloatArray = identification_hits(L).mean(axis=(0, 2))
+    return out
+
+
+def identification_credit(L: FloatArray) -> FloatArray:
+    """Tie-aware identification: credit[x, j, r] = 1/m when the true condition j is among the m
+    conditions that tie for argmax_i L[x, i, j, r], else 0  (SI-SPEC §3).
+
+    So identical conditions give exactly chance 1/K, never 0. L: (n, K, K, R). Returns (n, K, R)
+    in {0} ∪ {1/m : m = 1..K}.
+    """
+    arr = _check_scores(L)
+    idx = np.arange(arr.shape[1])
+    best = arr.max(axis=1)  # (n, K_j, R)
+    n_best = (arr == best[:, None, :, :]).sum(axis=1)  # (n, K_j, R): size m of the argmax set
+    true = arr[:, idx, idx, :]  # (n, K, R): L[x, j, j, r]
+    out: FloatArray = np.where(true == best, 1.0 / n_best, 0.0)
+    return out
+
+
+def seed_fidelity_per_prompt(L_fid: FloatArray) -> FloatArray:
+    """Seed fidelity per prompt: mean_{j,r} credit[x, j, r] of a fidelity tensor  (SI-SPEC §7).
+
+    L_fid[x, i, j, r] = log π(y_{j,r} | x, s_i): responses sampled under *candidate* variant j,
+    scored under the *seed* variants s_i as conditions (same K, same order). Fidelity is the
+    tie-aware identification accuracy of seed variant j (`identification_credit`): high while
+    variant j still reads, to the model, like the seed variant it came from. With the seed's own
+    responses as L_fid it is the seed's accuracy, the reference a candidate is admitted against.
+    L_fid: (n, K, K, R). Returns (n,) fractions in [0, 1].
+    """
+    out: FloatArray = identification_credit(L_fid).mean(axis=(1, 2))
+    return out
+
+
+def per_variant_fidelity(L_fid: FloatArray) -> FloatArray:
+    """Seed fidelity of each candidate variant j: mean_{x,r} credit[x, j, r]  (SI-SPEC §7).
+
+    L_fid: (n, K, K, R) as in `seed_fidelity_per_prompt`. Returns (K,) fractions in [0, 1].
+    """
+    out: FloatArray = identification_credit(L_fid).mean(axis=(0, 2))
     return out
 
 
