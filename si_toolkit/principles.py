@@ -34,6 +34,7 @@ __all__ = [
     "PrincipleSet",
     "load_principle_set",
     "load_principle_sets",
+    "principle_set_from_mapping",
     "MAX_FACTORIAL_PRINCIPLES",
     "MAX_TEXT_CHARS",
 ]
@@ -113,12 +114,19 @@ def load_principle_sets(paths: list[Path]) -> list[PrincipleSet]:
 def load_principle_set(path: Path | str) -> PrincipleSet:
     """Read and validate one principle-set YAML file."""
     path = Path(path)
-    data = _read_yaml(path)
-    where = str(path)
+    return principle_set_from_mapping(_read_yaml(path), where=str(path), default_name=path.stem)
+
+
+def principle_set_from_mapping(data: dict[str, Any], *, where: str, default_name: str) -> PrincipleSet:
+    """Validate a principle set given as the mapping a YAML file holds (the same rules as a file).
+
+    `where` names the source in error messages (a path, or e.g. "candidate g1-c3"); `default_name`
+    is the set's name when the mapping has no `name:`.
+    """
     unknown = set(data) - _TOP_KEYS
     if unknown:
         raise SIError(f"{where}: unknown key(s) {sorted(unknown)}; allowed keys are {sorted(_TOP_KEYS)}")
-    name = str(data.get("name") or path.stem)
+    name = str(data.get("name") or default_name)
     if not _SAFE_NAME.match(name):
         raise SIError(
             f"{where}: field 'name' = {name!r} is not a safe set name; use 1-64 letters, digits, "
