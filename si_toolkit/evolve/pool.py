@@ -57,7 +57,7 @@ def _split_line(line: str) -> list[str]:
     out: list[str] = []
     carry = ""
     for match in _SENTENCE.finditer(line.strip()):
-        piece = (carry + " " + match.group(0).strip()).strip() if carry else match.group(0).strip()
+        piece = " ".join(f"{carry} {match.group(0)}".split())  # inner whitespace runs become one space
         if not piece:
             continue
         if _ABBREVIATION.search(piece):
@@ -71,7 +71,8 @@ def _split_line(line: str) -> list[str]:
 
 
 def split_clauses(text: str) -> list[str]:
-    """The clauses (sentences) of a text, in order; lines are always boundaries."""
+    """The clauses (sentences) of a text, in order, with runs of spaces made one; lines are
+    always boundaries."""
     return [c for line in text.splitlines() for c in _split_line(line) if c]
 
 
