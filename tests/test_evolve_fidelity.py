@@ -1,4 +1,4 @@
-"""Admissibility by seed fidelity (si_toolkit.evolve.fidelity) and the racing schedule."""
+"""Admissibility by seed fidelity (si_toolkit.evolve.fidelity)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import pytest
 from si_toolkit.errors import SIError
 from si_toolkit.evolve.fidelity import admission, check_tolerance, clearly_inadmissible
 from si_toolkit.evolve.measure import Measurement
-from si_toolkit.evolve.search import round_schedule
 
 
 def _m(fidelity: list[float], seed_accuracy: list[float]) -> Measurement:
@@ -40,9 +39,3 @@ def test_clearly_inadmissible_needs_the_whole_ci_below_the_bar() -> None:
 def test_tolerance_range(tolerance) -> None:
     with pytest.raises(SIError, match="--tolerance"):
         check_tolerance(tolerance)
-
-
-@pytest.mark.parametrize(("n", "rounds"), [(48, [6, 12, 24, 48]), (24, [6, 12, 24]), (8, [4, 8]), (5, [5]),
-                                           (100, [12, 25, 50, 100])])
-def test_round_schedule_halves_down_to_a_minimum(n, rounds) -> None:
-    assert round_schedule(n) == rounds

@@ -21,6 +21,7 @@ from si_toolkit.errors import SIError
 from si_toolkit.evolve import EvolveConfig, evolve, read_lineage
 from si_toolkit.evolve.pool import split_clauses
 from si_toolkit.principles import load_principle_set
+from si_toolkit.evolve.search import Info, _groups, round_schedule
 from text_channel import REWRITE_SUFFIX, TextChannelBackend, anchored_channel, hashed_channel
 
 ANCHORS = ["Alpha anchor.", "Beta anchor."]
@@ -60,6 +61,22 @@ def _config(**kw) -> EvolveConfig:
 
 def _anchored(tokenizer, beta: float = 1.5, **kw) -> TextChannelBackend:
     return TextChannelBackend(tokenizer, anchored_channel(ANCHORS, GOOD, n_vocab=64, beta=beta, **kw), length=12)
+
+
+@pytest.mark.parametrize(("n", "rounds"), [(48, [6, 12, 24, 48]), (24, [6, 12, 24]), (8, [4, 8]), (5, [5]),
+                                           (100, [12, 25, 50, 100])])
+def test_round_schedule_halves_down_to_a_minimum(n, rounds) -> None:
+    assert round_schedule(n) == rounds
+
+
+def test_groups_fill_one_call_by_distinct_texts_not_by_cache() -> None:
+    def info(i: int, texts: tuple[str, str]) -> Info:
+        return Info(f"c{i}", 0, None, texts, None, None, "add", "")  # type: ignore[arg-type]
+
+    children = [info(i, ("shared", f"new {i}")) for i in range(10)]
+    # 6 new prompts: up to 64 // 6 = 10 distinct texts per call -> 9 children (1 shared + 9 new), then 1
+    assert [len(g) for g in _groups(children, 6)] == [9, 1]
+    assert [len(g) for g in _groups(children, 40)] == [1] * 10  # a group always holds one candidate
 
 
 def test_search_finds_the_optimum_within_its_budget(tokenizer, tmp_path) -> None:

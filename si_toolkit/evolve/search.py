@@ -143,12 +143,10 @@ class _Search:
         alive = list(entrants)
         last: dict[str, Result] = {}
         done: dict[str, Result] = {}
-        k, previous = len(entrants[0].texts), 0
+        previous = 0
         for rnd, n in enumerate(self.schedule):
             prompt_ids = self.s.selection[:n]
-            size = max(1, SEQUENCES_PER_GROUP // (k * (n - previous)))
-            for start in range(0, len(alive), size):
-                group = alive[start:start + size]
+            for group in _groups(alive, n - previous):
                 try:
                     self.evaluator.fill([e.texts for e in group], prompt_ids)
                 except BudgetStop:
@@ -265,6 +263,25 @@ class _Search:
         admissible = [(cid, r) for cid, r in self.out.results.items() if r.admission.admissible]
         if admissible:
             self.out.best = min(admissible, key=lambda t: (-t[1].n_prompts, -t[1].si, self.order[t[0]]))[0]
+
+
+def _groups(alive: list[Info], new_prompts: int) -> list[list[Info]]:
+    """Consecutive candidates whose distinct variant texts x new prompts fit one model call.
+
+    Children share their parent's unchanged variants, so a group of 8 children of one parent
+    holds about 9 distinct texts for K = 2. The grouping depends only on the texts (never on
+    what the cache holds), so a resumed run makes exactly the calls an uninterrupted one did.
+    """
+    groups: list[list[Info]] = []
+    texts: set[str] = set()
+    for info in alive:
+        if groups and len(texts | set(info.texts)) * new_prompts <= SEQUENCES_PER_GROUP:
+            groups[-1].append(info)
+            texts |= set(info.texts)
+        else:
+            groups.append([info])
+            texts = set(info.texts)
+    return groups
 
 
 def _numbers(cid: str, r: Result) -> dict[str, Any]:
