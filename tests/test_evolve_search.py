@@ -292,6 +292,8 @@ def test_outputs_best_yaml_lineage_and_escaped_report(tokenizer, tmp_path) -> No
     records = read_lineage(out / "lineage.jsonl")
     first = records[0]
     assert first["id"] == "seed" and first["parent"] is None and first["operator"] == "seed"
+    # the incumbent is the yardstick: it runs to the last round, on every selection prompt
+    assert first["status"] == "finalist" and first["selection"]["n_prompts"] == 24
     for key in ("si", "si_ci", "n_prompts", "fidelity", "seed_accuracy"):
         assert key in first["selection"]
     assert sum(r["best"] for r in records) == 1

@@ -20,7 +20,7 @@ __all__ = ["app"]
 
 app = typer.Typer()
 
-DEFAULT_BUDGET_MINUTES = 25.0  # the defaults finish well inside it on 2 CPU cores; a guard, not a target
+DEFAULT_BUDGET_MINUTES = 20.0  # the defaults finish inside it on 2 free CPU cores; a guard, not a target
 
 
 @app.command()

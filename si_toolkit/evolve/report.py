@@ -41,9 +41,10 @@ METHOD = (
      "surface marker (\"answer in French\") instead of the organisation's principle. Fidelity and the diffs are the "
      "guard; the choice to adopt a created set stays with a person who reads it."),
     ("Racing", "Each generation races the best so far against new children on growing prefixes of the selection "
-     "prompts; after each round a candidate is dropped when clearly inadmissible, when its SI upper bound is below "
-     "the best lower bound, or when it is not in the better half (successive halving). Samples and scores are "
-     "cached by text hash, prompt and seed, so nothing is sampled twice."),
+     "prompts; after each round a challenger is dropped when clearly inadmissible, when its SI upper bound is below "
+     "the best lower bound, or when it is not in the better half (successive halving). The best so far always runs "
+     "to the end, so a challenger wins only by beating it on every selection prompt. Samples and scores are cached "
+     "by text hash, prompt and seed, so nothing is sampled twice."),
 )
 
 

@@ -3,10 +3,12 @@
 Generation 0 races the seed against `population` children of it; each later generation races
 the best candidate so far against `population` children of the previous generation's two best.
 A race runs in rounds on growing prefixes of the selection prompts (e.g. 6, 12, 24, 48): after
-each round, a candidate is dropped when it is clearly inadmissible (fidelity.py), when its SI
+each round, a challenger is dropped when it is clearly inadmissible (fidelity.py), when its SI
 upper bound falls below the best admissible lower bound, or when it is not in the better half
-(successive halving); the survivors get the next, larger prefix. Finalists are measured on all
-selection prompts; the inadmissible ones never win.
+of the challengers (successive halving); the survivors get the next, larger prefix. The
+incumbent (the seed, then the best so far) is the yardstick and always runs to the end, so a
+challenger becomes the best only by beating it on every selection prompt. Finalists are
+measured on all selection prompts; the inadmissible ones never win.
 
 Everything is deterministic given the run seed and the cache, so rerunning a killed run replays
 the finished part from the cache without model calls and continues where it stopped. The time
@@ -157,38 +159,42 @@ class _Search:
                 for e in group:
                     last[e.id] = self._measure(e, prompt_ids)
             previous = n
-            alive = self._eliminate(alive, last, done, final=rnd == len(self.schedule) - 1)
+            alive = self._eliminate(alive, last, done, final=rnd == len(self.schedule) - 1, incumbent=entrants[0].id)
             self.progress(f"  round {rnd + 1}/{len(self.schedule)} on {n} prompts: {len(alive)} go on")
         return done, False
 
     def _eliminate(self, alive: list[Info], last: dict[str, Result], done: dict[str, Result],
-                   *, final: bool) -> list[Info]:
+                   *, final: bool, incumbent: str) -> list[Info]:
+        """Drop challengers after a round; the incumbent (the seed, then the best so far) is the
+        yardstick and always runs to the last round, so a challenger wins only by beating it on
+        every selection prompt."""
         keep = []
         for e in alive:
             r = last[e.id]
             if final and not r.admission.admissible:
                 done[e.id] = replace(r, status="inadmissible", reason=r.admission.reason or "")
-            elif not final and clearly_inadmissible(r.measurement, self.s.tolerance, n_bootstrap=self.s.n_bootstrap,
-                                                     seed=self.s.seed):
+            elif not final and e.id != incumbent and clearly_inadmissible(
+                    r.measurement, self.s.tolerance, n_bootstrap=self.s.n_bootstrap, seed=self.s.seed):
                 done[e.id] = replace(r, status="inadmissible",
                                      reason=f"clearly inadmissible: {r.admission.reason or 'fidelity CI below the bar'}")
             else:
                 keep.append(e)
-        keep = self._ci_rule(keep, last, done, self.order)
+        keep = self._ci_rule(keep, last, done, self.order, incumbent)
         ranked = sorted(keep, key=lambda e: (not last[e.id].admission.admissible, -last[e.id].si, self.order[e.id]))
         if final:
             for e in ranked:
                 done[e.id] = replace(last[e.id], status="finalist", reason="measured on every selection prompt")
             return ranked
-        survivors = math.ceil(len(ranked) / 2)
-        for place, e in enumerate(ranked[survivors:], start=survivors + 1):
-            done[e.id] = replace(last[e.id], status="eliminated",
-                                 reason=f"successive halving: place {place} of {len(ranked)}; the top {survivors} go on")
-        return ranked[:survivors]
+        challengers = [e for e in ranked if e.id != incumbent]
+        survivors = math.ceil(len(challengers) / 2)
+        for place, e in enumerate(challengers[survivors:], start=survivors + 1):
+            done[e.id] = replace(last[e.id], status="eliminated", reason=f"successive halving: place {place} of "
+                                 f"{len(challengers)} challengers; the top {survivors} go on")
+        return [e for e in ranked if e.id == incumbent or e in challengers[:survivors]]
 
     @staticmethod
     def _ci_rule(keep: list[Info], last: dict[str, Result], done: dict[str, Result],
-                 order: dict[str, int]) -> list[Info]:
+                 order: dict[str, int], incumbent: str) -> list[Info]:
         """Drop candidates whose SI upper bound is below the best admissible lower bound."""
         lows = [(float(low), e.id) for e in keep
                 if last[e.id].admission.admissible and (low := last[e.id].si_ci.low) is not None]
@@ -198,7 +204,7 @@ class _Search:
         out = []
         for e in keep:
             high = last[e.id].si_ci.high
-            if high is not None and high < bar:
+            if high is not None and high < bar and e.id != incumbent:
                 done[e.id] = replace(last[e.id], status="eliminated",
                                      reason=f"SI upper bound {high:.3f} < best lower bound {bar:.3f} ({holder})")
             else:
