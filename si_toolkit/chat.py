@@ -25,6 +25,7 @@ __all__ = [
     "render_system",
     "render_prompt_ids",
     "render_prompt_text",
+    "render_request_ids",
     "parse_response",
     "is_exact_format",
 ]
@@ -79,6 +80,20 @@ def render_prompt_text(tokenizer: Any, variant_text: str, prompt_text: str, *, p
 def render_prompt_ids(tokenizer: Any, variant_text: str, prompt_text: str, *, prefill: bool = True) -> list[int]:
     """Token ids of the rendered prompt; the template already holds any special tokens it needs."""
     text = render_prompt_text(tokenizer, variant_text, prompt_text, prefill=prefill)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def render_request_ids(tokenizer: Any, system_text: str, user_text: str) -> list[int]:
+    """Token ids of a plain request: system + user message and the generation prompt, with no
+    CoT instruction and no prefill. For tasks whose whole reply is the result (e.g. asking the
+    model to rewrite a principle), never for the (variant, prompt) pairs SI is measured on.
+    """
+    messages = [{"role": "system", "content": system_text}, {"role": "user", "content": user_text}]
+    text = _apply_template(tokenizer, messages)
+    if text is None or system_text.strip() not in text:
+        text = _apply_template(tokenizer, [{"role": "user", "content": f"{system_text}\n\n{user_text}"}])
+        if text is None:
+            raise ValueError("the tokenizer's chat template failed on a plain user message")
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 

@@ -166,8 +166,13 @@ def load_principle_set(path: Path | str) -> PrincipleSet:
     return principle_set_from_mapping(_read_yaml(path), where=str(path), default_name=path.stem, path=str(path))
 
 
-def principle_set_from_mapping(data: dict[str, Any], *, where: str, default_name: str, path: str) -> PrincipleSet:
-    """Validate the mapping of a principle-set file; `where` names it in error messages."""
+def principle_set_from_mapping(data: dict[str, Any], *, where: str, default_name: str,
+                               path: str = "") -> PrincipleSet:
+    """Validate a principle set given as the mapping a YAML file holds (the same rules as a file).
+
+    `where` names the source in error messages (a path, or e.g. "candidate g1-c3"); `default_name`
+    is the set's name when the mapping has no `name:`; `path` the file it came from ("" if none).
+    """
     unknown = set(data) - _TOP_KEYS
     if unknown:
         raise SIError(f"{where}: unknown key(s) {sorted(unknown)}; allowed keys are {sorted(_TOP_KEYS)}")

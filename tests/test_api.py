@@ -124,3 +124,10 @@ def test_api_functions_survive_imports_of_their_packages() -> None:
             "print(callable(si.rank), callable(si.train), si.rank.__call_target__, si.train.__call_target__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["True", "True", "si_toolkit.rank.api:rank", "si_toolkit.train.api:train"]
+
+
+def test_si_evolve_is_the_evolve_function() -> None:
+    code = ("import si_toolkit as si, si_toolkit.evolve.search; from si_toolkit.evolve import evolve; "
+            "print(callable(si.evolve), si.evolve.__call_target__, evolve.__module__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["True", "si_toolkit.evolve.pipeline:evolve", "si_toolkit.evolve.pipeline"]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from si_toolkit.chat import COT_INSTRUCTION, PREFILL, is_exact_format, parse_response, render_prompt_text
+from si_toolkit.chat import (COT_INSTRUCTION, PREFILL, is_exact_format, parse_response, render_prompt_text,
+                             render_request_ids)
 
 
 def test_render_puts_principle_and_instruction_in_system_and_prefills(tiny_backend) -> None:
@@ -28,6 +29,23 @@ def test_render_falls_back_to_user_turn_without_system_role() -> None:
     text = render_prompt_text(_NoSystemTokenizer(), "Be a pirate.", "Q?")
     assert text.startswith("[user] Be a pirate.\n\n" + COT_INSTRUCTION + "\n\nQ?")
     assert text.endswith("[assistant] " + PREFILL)
+
+
+def test_render_request_has_no_cot_instruction_and_no_prefill(tiny_backend) -> None:
+    tok = tiny_backend.tokenizer
+    text = tok.decode(render_request_ids(tok, "You edit principles.", "Rewrite: Be kind."))
+    assert text == ("<|im_start|>system\nYou edit principles.<|im_end|>\n<|im_start|>user\nRewrite: Be kind.<|im_end|>\n"
+                    "<|im_start|>assistant\n")
+
+
+class _NoSystemIds(_NoSystemTokenizer):
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [ord(c) for c in text]}
+
+
+def test_render_request_falls_back_to_user_turn_without_system_role() -> None:
+    ids = render_request_ids(_NoSystemIds(), "You edit principles.", "Rewrite it.")
+    assert "".join(map(chr, ids)) == "[user] You edit principles.\n\nRewrite it.\n[assistant] "
 
 
 @pytest.mark.parametrize(

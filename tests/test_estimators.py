@@ -542,3 +542,33 @@ def test_spearman_perfect_undefined_and_null() -> None:
     rng = np.random.default_rng(0)
     null = est.spearman_with_ci(rng.normal(size=12), rng.normal(size=12))
     assert null["ci"][0] < 0 < null["ci"][1]
+# ---------------------------------------------------------------- tie-aware credit and seed fidelity (§3, §7)
+
+
+def test_identification_credit_shares_ties_hand_worked() -> None:
+    # One prompt, K = 3, R = 1; columns are responses j, rows conditions i.
+    #   j=0: scores [-1, -1, -5]: conditions 0 and 1 tie for the max, 0 is true -> 1/2
+    #   j=1: scores [-2, -2, -2]: a three-way tie that includes 1           -> 1/3
+    #   j=2: scores [-1, -4, -3]: condition 0 wins, true is 2               -> 0
+    L = np.zeros((1, 3, 3, 1))
+    L[0, :, 0, 0] = [-1.0, -1.0, -5.0]
+    L[0, :, 1, 0] = [-2.0, -2.0, -2.0]
+    L[0, :, 2, 0] = [-1.0, -4.0, -3.0]
+    np.testing.assert_allclose(est.identification_credit(L)[0, :, 0], [0.5, 1 / 3, 0.0])
+    np.testing.assert_allclose(est.seed_fidelity_per_prompt(L), [(0.5 + 1 / 3 + 0.0) / 3])
+    np.testing.assert_allclose(est.per_variant_fidelity(L), [0.5, 1 / 3, 0.0])
+
+
+def test_seed_fidelity_of_identical_conditions_is_exactly_chance() -> None:
+    rng = np.random.default_rng(3)
+    column = rng.normal(size=(6, 1, 4, 2))  # every condition gives the same score: K = 4
+    L = np.repeat(column, 4, axis=1)
+    assert (est.seed_fidelity_per_prompt(L) == 0.25).all()
+
+
+def test_seed_fidelity_unique_winners_equals_hits() -> None:
+    # Without ties the credit is the plain hit indicator.
+    rng = np.random.default_rng(4)
+    L = rng.normal(size=(20, 3, 3, 2))
+    np.testing.assert_array_equal(est.identification_credit(L), est.identification_hits(L).astype(float))
+    assert 0.0 <= est.seed_fidelity_per_prompt(L).min() <= est.seed_fidelity_per_prompt(L).max() <= 1.0

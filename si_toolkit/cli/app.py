@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from si_toolkit.cli import confirm, principles, rank, train
+from si_toolkit.cli import confirm, evolve, principles, rank, train
 from si_toolkit.cli.common import err
 from si_toolkit.errors import SIError
 
@@ -23,6 +23,7 @@ app.add_typer(rank.app)
 app.add_typer(principles.app, name="principles")
 app.add_typer(train.app)
 app.add_typer(confirm.app)
+app.add_typer(evolve.app)
 
 
 def _print_version(value: bool) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 from si_toolkit.estimators import spearman_with_ci
 from si_toolkit.report.document import Figure, Table
 from si_toolkit.report.tables import fmt_p
-from si_toolkit.report.page import Block, Page, Section, render_page_html, render_page_markdown
+from si_toolkit.report.page import Page, Paragraph, Section, render_page_html, render_page_markdown
 from si_toolkit.safeio import atomic_write_bytes, atomic_write_text
 
 __all__ = ["analyse", "verdict", "write_confirm_report"]
@@ -189,12 +189,12 @@ def write_confirm_report(result: dict[str, Any], runs: list[dict[str, Any]], out
     page = Page(
         title="Confirmation run",
         sections=(
-            Section("Verdict", (Block(text=result["verdict"], emphasis=True),
-                                Block(text=f"Base model accuracy {_fmt(result['base']['accuracy'])}, format rate "
-                                           f"{_fmt(result['base']['format_rate'])}."))),
-            *(Section(t.caption, (Block(table=t),)) for t in _tables(result)),
-            Section("Training curves", (Block(figure=curves),)),
-            Section("Geometry", tuple(Block(figure=f) for f in geometry) or (Block(text="No geometry was computed."),)),
+            Section("Verdict", "verdict", (Paragraph(result["verdict"]),
+                                           Paragraph(f"Base model accuracy {_fmt(result['base']['accuracy'])}, format "
+                                                     f"rate {_fmt(result['base']['format_rate'])}."))),
+            *(Section(t.caption, f"table-{n}", (t,)) for n, t in enumerate(_tables(result), start=1)),
+            Section("Training curves", "curves", (curves,)),
+            Section("Geometry", "geometry", tuple(geometry) or (Paragraph("No geometry was computed."),)),
         ),
     )
     atomic_write_text(out / "confirm.md", render_page_markdown(page))

@@ -33,8 +33,10 @@ from si_toolkit.estimators._bounds import (
     nats_to_bits,
     per_principle_si_per_prompt,
     per_variant_accuracy,
+    per_variant_fidelity,
     per_variant_si_per_prompt,
     restrict_variants,
+    seed_fidelity_per_prompt,
     si_per_prompt,
 )
 from si_toolkit.estimators._compare import PairedComparison, p_value_floor, paired_comparison
@@ -91,10 +93,12 @@ __all__ = [
     "paired_comparison",
     "per_principle_si_per_prompt",
     "per_variant_accuracy",
+    "per_variant_fidelity",
     "per_variant_si_per_prompt",
     "rank_sets",
     "rank_uncertainty",
     "restrict_variants",
+    "seed_fidelity_per_prompt",
     "si_per_prompt",
     "spearman_with_ci",
     "split_half_reliability",

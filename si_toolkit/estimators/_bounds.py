@@ -183,6 +183,25 @@ def per_variant_accuracy(L: FloatArray) -> FloatArray:
     return _credit_means(true_in_max.reshape(k, -1), size.reshape(k, -1))
 
 
+def seed_fidelity_per_prompt(L_fid: FloatArray) -> FloatArray:
+    """Seed fidelity per prompt (SI-SPEC §7): the identification accuracy of a fidelity tensor.
+
+    L_fid[x, i, j, r] = log π(y_{j,r} | x, s_i): responses sampled under *candidate* variant j,
+    scored under the *seed* variants s_i as conditions. Fidelity is how often seed variant j is
+    identified (ties shared, `accuracy_per_prompt`): high while variant j still reads, to the
+    model, like the seed variant it came from. L_fid: (n, K, K, R). Returns (n,) in [0, 1].
+    """
+    return accuracy_per_prompt(L_fid)
+
+
+def per_variant_fidelity(L_fid: FloatArray) -> FloatArray:
+    """Seed fidelity of each candidate variant j (SI-SPEC §7): `per_variant_accuracy` of L_fid.
+
+    L_fid: (n, K, K, R) as in `seed_fidelity_per_prompt`. Returns (K,) in [0, 1].
+    """
+    return per_variant_accuracy(L_fid)
+
+
 def confusion_matrix(L: FloatArray) -> FloatArray:
     """Mean posterior confusion: M[j, i] = mean_{x,r} p(c_i | y_{j,r}, x).
 

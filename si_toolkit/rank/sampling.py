@@ -25,7 +25,7 @@ from si_toolkit.chat import parse_response, render_unit_prompts
 from si_toolkit.errors import SIError
 from si_toolkit.rank.runs import UNIT_PROMPTS, Progress, RunFolder, Shard, StagePlan, merge_stage, plan_units, unit_seed
 
-__all__ = ["units_per_call", "unit_groups", "owned_units", "run_sampling"]
+__all__ = ["units_per_call", "unit_groups", "owned_units", "run_sampling", "check_context"]
 
 SEQUENCES_PER_CALL = 64  # sequences per backend call, roughly: units are grouped up to this
 SAMPLE_COLUMNS = [
@@ -87,7 +87,7 @@ def _sample_units(backend: Backend, set_name: str, meta: dict[str, Any], units: 
     seeds: list[int] = []
     for unit, prompts in units.items():
         rendered = render_unit_prompts(tokenizer, meta["variant_texts"], prompts, prefill=prefill)
-        _check_context(backend, set_name, rendered, config)
+        check_context(backend, set_name, rendered, config)
         unit_seeds = prompt_seeds(unit_seed(config.seed, set_name, unit), len(rendered))
         for (prompt_id, variant), seed in zip(rendered, unit_seeds):
             keys.append((unit, prompt_id, variant))
@@ -107,7 +107,7 @@ def _sample_units(backend: Backend, set_name: str, meta: dict[str, Any], units: 
     return {unit: pd.DataFrame(unit_rows, columns=SAMPLE_COLUMNS) for unit, unit_rows in rows.items()}
 
 
-def _check_context(backend: Backend, set_name: str, rendered: dict[tuple[str, int], list[int]],
+def check_context(backend: Backend, set_name: str, rendered: dict[tuple[str, int], list[int]],
                    config: SamplingConfig) -> None:
     for (prompt_id, _), ids in rendered.items():
         if len(ids) + config.max_new_tokens > backend.max_context:

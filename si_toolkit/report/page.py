@@ -1,114 +1,129 @@
-"""A plain page of sections (text, tables, figures, preformatted blocks) for the other reports.
+"""A general report page: titled sections of paragraphs, lists, tables, figures and text blocks.
 
-`si confirm` and `si evolve` write their reports as a `Page`; `render_page_html` and
-`render_page_markdown` lay it out with the SI report's own table, figure and escaping code (one
-stylesheet, one Content-Security-Policy without scripts, every string escaped in one place).
+For reports that are not a ranking (e.g. `si evolve`): the content is assembled as plain,
+unescaped text in a `Page`, and `render_page_html` / `render_page_markdown` escape it with the
+same rules, styles and Content-Security-Policy as the SI report (`html.py`, `markdown.py`), so
+user text (principles, model output) is always text, never markup, and the page has no script.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from matplotlib.figure import Figure as MplFigure
+
+from si_toolkit.report import html as _html
+from si_toolkit.report import markdown as _md
 from si_toolkit.report.document import Figure, Table
-from si_toolkit.report.html import _CSS, CSP, _e, _figure, _table
-from si_toolkit.report.markdown import _figure as _md_figure
-from si_toolkit.report.markdown import _table as _md_table
-from si_toolkit.report.markdown import fenced, md_text
+from si_toolkit.report.figures import _png
 
-__all__ = ["Block", "Section", "Page", "render_page_html", "render_page_markdown"]
+__all__ = ["Paragraph", "Bullets", "Preformatted", "Block", "Section", "Page", "render_page_html",
+           "render_page_markdown", "figure_from_matplotlib"]
 
 
 @dataclass(frozen=True)
-class Block:
-    """One piece of a section: exactly one of text, table, figure or preformatted text.
+class Paragraph:
+    text: str
 
-    `emphasis` shows text in bold (a verdict); `preformatted` keeps line breaks (diffs, commands).
-    """
 
-    text: str | None = None
-    table: Table | None = None
-    figure: Figure | None = None
-    preformatted: str | None = None
-    emphasis: bool = False
+@dataclass(frozen=True)
+class Bullets:
+    """A list; `warn` styles it as the report's flag box."""
+
+    items: tuple[str, ...]
+    title: str = ""
+    warn: bool = False
+
+
+@dataclass(frozen=True)
+class Preformatted:
+    """Text shown verbatim (a diff, a principle set); `title` goes above it."""
+
+    text: str
+    title: str = ""
+
+
+Block = Paragraph | Bullets | Preformatted | Table | Figure
 
 
 @dataclass(frozen=True)
 class Section:
     title: str
+    anchor: str  # a safe HTML id chosen by the caller, never derived from user text
     blocks: tuple[Block, ...]
-    subsections: tuple[Section, ...] = ()
 
 
 @dataclass(frozen=True)
 class Page:
-    """A titled page of sections; `flags` are shown first, in a warning box."""
-
     title: str
     sections: tuple[Section, ...]
-    flags: tuple[str, ...] = field(default=())
     footer: str = ""
 
 
+def figure_from_matplotlib(fig: MplFigure, *, filename: str, alt: str, caption: str) -> Figure:
+    """A report Figure (PNG bytes without metadata, as every report figure) from a matplotlib Figure."""
+    return Figure(filename=filename, alt=alt, caption=caption, png=_png(fig))
+
+
+def _html_block(block: Block, anchor: str, n: int) -> str:
+    e = _html._e
+    if isinstance(block, Paragraph):
+        return f"<p>{e(block.text)}</p>"
+    if isinstance(block, Bullets):
+        items = "".join(f"<li>{e(item)}</li>" for item in block.items)
+        title = f"<h3>{e(block.title)}</h3>" if block.title else ""
+        return f'<div class="flags">{title}<ul>{items}</ul></div>' if block.warn else f"{title}<ul>{items}</ul>"
+    if isinstance(block, Preformatted):
+        title = f'<p class="prompt">{e(block.title)}</p>' if block.title else ""
+        return f"{title}<pre>{e(block.text)}</pre>"
+    if isinstance(block, Table):
+        return _html._table(block, f"{anchor}-table-{n}")
+    return _html._figure(block)
+
+
 def render_page_html(page: Page) -> str:
-    """The page as one self-contained HTML document (figures embedded, no scripts)."""
-    flags = ""
-    if page.flags:
-        items = "".join(f"<li>{_e(f)}</li>" for f in page.flags)
-        flags = f'<div class="flags" id="flags"><h3>⚠ Flags</h3><ul>{items}</ul></div>'
-    parts = [
+    """The page as one self-contained HTML document (figures as data URIs, no script)."""
+    e = _html._e
+    nav = "".join(f'<a href="#{e(s.anchor)}">{n} {e(s.title)}</a>' for n, s in enumerate(page.sections, start=1))
+    sections = "".join(
+        f'<section id="{e(s.anchor)}"><h2>{n}. {e(s.title)}</h2>'
+        + "".join(_html_block(b, s.anchor, k) for k, b in enumerate(s.blocks)) + "</section>"
+        for n, s in enumerate(page.sections, start=1))
+    return "\n".join([
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
-        f'<meta http-equiv="Content-Security-Policy" content="{_e(CSP)}">',
+        f'<meta http-equiv="Content-Security-Policy" content="{e(_html.CSP)}">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{_e(page.title)}</title><style>{_CSS}</style></head>",
-        f"<body><main><h1>{_e(page.title)}</h1>{flags}",
-        *(_html_section(s, level=2, anchor=f"s{n}") for n, s in enumerate(page.sections, start=1)),
-        f"<footer>{_e(page.footer)}</footer>" if page.footer else "",
+        f"<title>{e(page.title)}</title><style>{_html._CSS}</style></head>",
+        f"<body><main><h1>{e(page.title)}</h1><nav>{nav}</nav>",
+        sections,
+        f"<footer>{e(page.footer)}</footer>" if page.footer else "",
         "</main></body></html>",
-    ]
-    return "\n".join(p for p in parts if p) + "\n"
-
-
-def _html_section(section: Section, level: int, anchor: str) -> str:
-    body = "".join(_html_block(b, f"{anchor}-t{k}") for k, b in enumerate(section.blocks))
-    subs = "".join(_html_section(s, level + 1, f"{anchor}-{k}") for k, s in enumerate(section.subsections, start=1))
-    return f'<section id="{anchor}"><h{level}>{_e(section.title)}</h{level}>{body}{subs}</section>'
-
-
-def _html_block(block: Block, table_id: str) -> str:
-    if block.table is not None:
-        return _table(block.table, table_id)
-    if block.figure is not None:
-        return _figure(block.figure)
-    if block.preformatted is not None:
-        return f"<pre>{_e(block.preformatted)}</pre>"
-    text = _e(block.text or "")
-    return f"<p><strong>{text}</strong></p>" if block.emphasis else f"<p>{text}</p>"
-
-
-def render_page_markdown(page: Page) -> str:
-    """The page as Markdown (figures referenced as figures/<filename>)."""
-    blocks = [f"# {md_text(page.title)}"]
-    if page.flags:
-        blocks.append("**Flags**\n\n" + "\n".join(f"- ⚠ {md_text(f)}" for f in page.flags))
-    blocks += [_md_section(s, level=2) for s in page.sections]
-    if page.footer:
-        blocks.append(f"*{md_text(page.footer)}*")
-    return "\n\n".join(blocks) + "\n"
-
-
-def _md_section(section: Section, level: int) -> str:
-    parts = [f"{'#' * level} {md_text(section.title)}", *(_md_block(b) for b in section.blocks)]
-    parts += [_md_section(s, level + 1) for s in section.subsections]
-    return "\n\n".join(parts)
+    ]) + "\n"
 
 
 def _md_block(block: Block) -> str:
-    if block.table is not None:
-        return _md_table(block.table)
-    if block.figure is not None:
-        return _md_figure(block.figure)
-    if block.preformatted is not None:
-        return fenced(block.preformatted)
-    text = md_text(block.text or "")
-    return f"**{text}**" if block.emphasis else text
+    if isinstance(block, Paragraph):
+        return _md.md_text(block.text)
+    if isinstance(block, Bullets):
+        head = f"**{_md.md_text(block.title)}**\n\n" if block.title else ""
+        mark = "- ⚠ " if block.warn else "- "
+        return head + "\n".join(f"{mark}{_md.md_text(item)}" for item in block.items)
+    if isinstance(block, Preformatted):
+        head = f"{_md.md_text(block.title)}\n\n" if block.title else ""
+        return head + _md.fenced(block.text, "diff" if block.text.startswith("---") else "text")
+    if isinstance(block, Table):
+        return _md._table(block)
+    return _md._figure(block)
+
+
+def render_page_markdown(page: Page) -> str:
+    """The page as GitHub-flavoured Markdown (figures linked from figures/)."""
+    blocks = [f"# {_md.md_text(page.title)}",
+              "Contents: " + " · ".join(f"{n} {_md.md_text(s.title)}" for n, s in enumerate(page.sections, start=1))]
+    for n, s in enumerate(page.sections, start=1):
+        blocks.append(f"## {n}. {_md.md_text(s.title)}")
+        blocks.extend(_md_block(b) for b in s.blocks)
+    if page.footer:
+        blocks.append(f"*{_md.md_text(page.footer)}*")
+    return "\n\n".join(b for b in blocks if b) + "\n"
