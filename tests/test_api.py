@@ -131,3 +131,18 @@ def test_si_evolve_is_the_evolve_function() -> None:
             "print(callable(si.evolve), si.evolve.__call_target__, evolve.__module__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["True", "si_toolkit.evolve.pipeline:evolve", "si_toolkit.evolve.pipeline"]
+
+
+def test_evolve_from_python_with_keyword_options(tiny_model_dir, tmp_path) -> None:
+    (tmp_path / "seed.yaml").write_text("mode: alternatives\nprinciples:\n  - id: kind\n    text: Be kind. Thank them.\n"
+                                        "  - id: brisk\n    text: Be brief. Skip pleasantries.\n", encoding="utf-8")
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"id": f"q{i}", "prompt": f"Question {i}?"}) + "\n"
+                                                    for i in range(8)), encoding="utf-8")
+    result = si.evolve(tmp_path / "seed.yaml", out=tmp_path / "ev", model=str(tiny_model_dir), dtype="float32",
+                       prompts=str(tmp_path / "prompts.jsonl"), selection_prompts=4, holdout_prompts=4,
+                       population=2, generations=1, max_new_tokens=4)
+    assert isinstance(result.best, si.PrincipleSet) and result.best_path.is_file()
+    assert isinstance(result.lineage, pd.DataFrame) and len(result.lineage) >= 1
+    assert result.verdict.startswith("best: ")
+    with pytest.raises(si.SIError, match="unknown option"):
+        si.evolve(tmp_path / "seed.yaml", out=tmp_path / "ev2", populaton=3)

@@ -9,6 +9,8 @@ calls and continues; the outputs are rewritten atomically.
 
 from __future__ import annotations
 
+import dataclasses
+
 import datetime as dt
 import importlib.metadata
 import json
@@ -53,6 +55,14 @@ class EvolveResult:
     verdict: str
     lineage: pd.DataFrame
     summary: dict[str, Any]  # the result.json content
+
+
+def _config_from(options: dict[str, Any]) -> EvolveConfig:
+    known = {f.name for f in dataclasses.fields(EvolveConfig)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise SIError(f"evolve: unknown option(s) {unknown}; the options are {sorted(known)}")
+    return EvolveConfig(**options)
 
 
 class _Backends:
@@ -163,15 +173,19 @@ def _held_out(evaluator: Evaluator, inputs: Inputs, outcome: SearchOutcome, conf
 
 def evolve(principles: Path | str, *, pool: Path | str | None = None, config: EvolveConfig | None = None,
            budget_minutes: float | None = None, out: Path | str | None = None, backend: Backend | None = None,
-           progress: Progress | None = None, command: str | None = None) -> EvolveResult:
+           progress: Progress | None = None, command: str | None = None, **options: Any) -> EvolveResult:
     """Search for a principle set with a higher held-out SI than `principles` (SI-SPEC §7).
 
-    `config` holds every option that changes results (EvolveConfig); `budget_minutes` bounds the
+    `config` holds every option that changes results (EvolveConfig), or give them as keywords
+    with the command line's names (``population=8, generations=4, proposer="embedded"``, ...;
+    `si evolve --help`); `budget_minutes` bounds the
     search (the held-out comparison after it always runs); `backend` is an already-built
     Backend to sample and score with (else one is built from config.model on first need).
     Writes into `out` (default reports/evolve-<set>) and resumes a folder made by the same call.
     """
-    config = config or EvolveConfig()
+    if config is not None and options:
+        raise SIError(f"give the options either as config=EvolveConfig(...) or as keywords, not both: {sorted(options)}")
+    config = config or _config_from(options)
     check_budget(budget_minutes)
     say = progress or (lambda _: None)
     seed_path = Path(principles)
