@@ -88,7 +88,7 @@ def test_race_decides_the_known_order_and_stops_sampling_decided_sets(tiny_model
     racing = manifest["racing"]
     # The known order, every rank decided, before --max-prompts.
     assert [e["set"] for e in estimates["ranking"]] == sorted(truth, key=truth.get, reverse=True)
-    assert racing["result"]["stopped"] == "every rank is decided"
+    assert racing["result"]["stopped"] == "every set is decided"
     final = racing["rounds"][-1]["decided"]
     assert final["clear"] == CLEAR_LEADER and final["close"] is not None and final["null"] is not None
     # The null set was decided in round 1 and never sampled again; the two close sets raced on.

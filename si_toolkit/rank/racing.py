@@ -87,7 +87,7 @@ def next_round(manifest: Mapping[str, Any]) -> tuple[dict[str, Any] | None, str]
     decided = rounds[-1]["decided"]
     undecided = [name for name in manifest["sets"] if decided.get(name, RANK_INTERVAL_ONE) is None]
     if not undecided:
-        return None, "every rank is decided"
+        return None, "every set is decided"
     if len(undecided) == 1:
         return None, (f"only {undecided[0]} is undecided, and prompts for one set alone would be "
                       "compared with no other set's")

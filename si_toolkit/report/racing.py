@@ -44,7 +44,7 @@ def racing_summary(manifest: dict[str, Any]) -> str | None:
     top = (config.get("racing") or {}).get("max_prompts", "--max-prompts")
     fixed = int(calls["fixed_sampled_sequences"]) + int(calls["fixed_scored_pairs"])
     return (
-        f"Sets were given prompts in rounds (--until-decided) and a set stopped receiving them once its rank "
+        f"Sets were given prompts in rounds (--until-decided) and a set stopped receiving them once it "
         f"was decided: rounds at {sizes} prompts; the race stopped because {result['stopped']}. Model calls: "
         f"{int(calls['sampled_sequences']):,} sampled sequences and {int(calls['scored_pairs']):,} scored "
         f"(response, condition) pairs, {float(calls['ratio']):.0%} of the {fixed:,} that sampling every set "
