@@ -205,7 +205,7 @@ def _plain_dynamic(cache: Any) -> bool:
     """True when every cache layer is a full-attention dynamic layer (rows can be repeated freely)."""
     from transformers.cache_utils import DynamicLayer
 
-    layers = getattr(cache, "layers", None)
+    layers: list[Any] = list(getattr(cache, "layers", None) or [])
     return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
 
 
