@@ -256,8 +256,10 @@ def open_session(config: TrainConfig, principle_set: PrincipleSet, out_dir: Path
         # Around PairModel: forward_pairs runs its prompt and completion passes as one DDP forward.
         model = DistributedDataParallel(PairModel(policy), device_ids=[ctx.local_rank] if backend.device != "cpu" else None)
     trainable = [p for p in policy.parameters() if p.requires_grad]
+    # The fused kernel (CPU and CUDA; not for FSDP's DTensors) updates each parameter in one pass;
+    # the default multi-tensor one allocates temporaries the size of all the weights at every step.
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
-                                  eps=config.adam_epsilon, weight_decay=config.weight_decay)
+                                  eps=config.adam_epsilon, weight_decay=config.weight_decay, fused=not fsdp)
     start_step = 0
     metrics = MetricsLog(out_dir, enabled=ctx.is_main, tensorboard=config.tensorboard)
     if state is not None:
