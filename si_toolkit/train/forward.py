@@ -183,12 +183,15 @@ def _run(lm: Any, batch: PairBatch, layers: Sequence[int], with_logits: bool, sh
     mask = torch.cat([prompt_mask.index_select(0, batch.owner), batch.completion_mask], 1)  # (B, P + C)
     lengths = prompt_mask.sum(1).index_select(0, batch.owner)  # (B,)
     positions = lengths[:, None] + torch.arange(C, device=lengths.device)[None, :]  # (B, C)
+    # The head runs on completion positions 0..C−2 only (position C−1 predicts nothing scored), and
+    # asking for exactly those avoids a slice whose backward would allocate a (B, C, V) gradient.
+    keep = torch.arange(C - 1, device=positions.device) if with_logits else 1
     second = lm(input_ids=batch.completion_ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                output_hidden_states=bool(layers), logits_to_keep=C if with_logits else 1, **{cache_arg: cache})
+                output_hidden_states=bool(layers), logits_to_keep=keep, **{cache_arg: cache})
     hidden = {layer: _layer(second.hidden_states, layer) for layer in layers}  # each (B, C, D)
     if not with_logits:
         return PassOutput(None, None, hidden)
-    return PassOutput(first.logits[:, -1:].index_select(0, batch.owner), second.logits[:, : C - 1], hidden)
+    return PassOutput(first.logits[:, -1:].index_select(0, batch.owner), second.logits, hidden)
 
 
 def _repeat_rows(cache: Any, rows: Tensor) -> None:
