@@ -1,4 +1,5 @@
-"""Data-parallel training under torchrun: 2 gloo processes take the same step as 1 process.
+"""Data-parallel training under torchrun: 2 gloo processes take the same step as 1 process,
+with DDP and with FSDP2 (parallelism=fsdp), and an FSDP run resumes its sharded optimizer.
 
 How the two runs are made comparable: every random choice of a step (its prompts, each
 group's variants, each group's sampling seed) is a function of (seed, step, position of the
@@ -40,18 +41,25 @@ def _params(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(str(folder / "model.safetensors"))
 
 
-def test_two_gloo_processes_match_one_process(tiny_model_dir, write_set, tmp_path) -> None:
-    principles = write_set("pair", PAIR)
-    out2 = tmp_path / "ddp"
+def _torchrun(principles: Path, out: Path, settings: dict[str, object], *extra: str) -> dict:
+    """Run `si train` in 2 gloo processes; return rank 0's JSON report."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "si_toolkit.cli.train", "--principles", str(principles), "--model", str(tiny_model_dir),
-           "--out", str(out2), "--quiet", "--json", "--set", "device=cpu"]
-    for key, value in SETTINGS.items():
-        cmd += ["--set", f"{key}={value}"]
+           "-m", "si_toolkit.cli.train", "--principles", str(principles), "--model", settings["model"],
+           "--out", str(out), "--quiet", "--json", "--set", "device=cpu", *extra]
+    for key, value in settings.items():
+        if key != "model":
+            cmd += ["--set", f"{key}={value}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
-    report = json.loads(done.stdout.strip().splitlines()[-1])  # only rank 0 prints
+    return json.loads(done.stdout.strip().splitlines()[-1])  # only rank 0 prints
+
+
+@pytest.mark.parametrize("parallelism", ["ddp", "fsdp"])
+def test_two_gloo_processes_match_one_process(tiny_model_dir, write_set, tmp_path, parallelism) -> None:
+    principles = write_set("pair", PAIR)
+    out2 = tmp_path / parallelism
+    report = _torchrun(principles, out2, {"model": str(tiny_model_dir), **SETTINGS, "parallelism": parallelism})
     assert json.loads((out2 / "train_config.json").read_text())["environment"]["world_size"] == 2
 
     before = torch.get_num_threads()
@@ -66,8 +74,29 @@ def test_two_gloo_processes_match_one_process(tiny_model_dir, write_set, tmp_pat
         assert ddp_row[key] == one_row[key], key  # identical samples
     for key in ("loss_grpo", "loss_sami", "sami_mi_bound", "sinkhorn", "kl", "entropy", "grad_norm"):
         assert ddp_row[key] == pytest.approx(one_row[key], rel=1e-4, abs=1e-6), key
-    a, b = _params(out2 / "checkpoint-1"), _params(tmp_path / "one" / "checkpoint-1")
+    a, b = _params(out2 / "checkpoint-1"), _params(tmp_path / "one" / "checkpoint-1")  # full-state-dict HF folders
     initial = _params(tiny_model_dir)
+    assert set(a) == set(initial)
     assert any(not torch.equal(a[k], initial[k]) for k in a)  # the step moved the weights
     worst = max(float((a[k] - b[k]).abs().max()) for k in a)
     assert worst < 1e-6, worst  # the step moves weights by up to lr = 1e-3; they agree to 0.1 % of that
+
+
+def test_fsdp_resume_restores_the_sharded_optimizer(tiny_model_dir, write_set, tmp_path) -> None:
+    """2 FSDP steps in one go == 1 step, then --resume for the second: the second AdamW update
+    needs the first one's moments (a fresh optimizer would move every weight by about lr)."""
+    principles = write_set("pair", PAIR)
+    settings = {"model": str(tiny_model_dir), **SETTINGS, "parallelism": "fsdp", "lr_schedule": "constant",
+                "save_every": 1}
+    _torchrun(principles, tmp_path / "whole", {**settings, "max_steps": 2})
+    _torchrun(principles, tmp_path / "part", {**settings, "max_steps": 1})
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "part" / "checkpoint-1") is not None  # transformers loads it
+    report = _torchrun(principles, tmp_path / "part", {**settings, "max_steps": 2}, "--resume")
+    assert report["last_step"] == 2
+    a, b = _params(tmp_path / "whole" / "checkpoint-2"), _params(tmp_path / "part" / "checkpoint-2")
+    first = _params(tmp_path / "whole" / "checkpoint-1")
+    assert max(float((a[k] - first[k]).abs().max()) for k in a) > 1e-4  # step 2 moved the weights
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert worst < 1e-7, worst

@@ -107,9 +107,12 @@ def test_unknown_key_names_the_key_and_the_closest_one(tmp_path: Path) -> None:
         ({"eval_every": 5}, "eval_every=5 needs eval_prompts"),
         ({"reward_length_soft_chars": 10, "reward_length_max_chars": 5}, "length_soft_chars=10"),
         ({"lambda_ot": -1.0}, "lambda_ot=-1.0: must be a finite number >= 0"),
+        ({"parallelism": "fsdp", "lora_r": 8}, "parallelism=fsdp with lora_r=8"),
+        ({"parallelism": "zero3"}, "parallelism='zero3': expected 'ddp' | 'fsdp'"),
     ],
     ids=["literal", "int-text", "G<2", "bool-text", "bool-for-int", "temperature", "top_p", "epsilon", "beta", "nan",
-         "accum-divides", "warmup", "no-layers", "dup-layers", "eval-needs-prompts", "reward-rule", "negative-lambda"],
+         "accum-divides", "warmup", "no-layers", "dup-layers", "eval-needs-prompts", "reward-rule", "negative-lambda",
+         "fsdp-lora", "parallelism"],
 )
 def test_bad_values_raise_sierror_with_the_rule(overrides: dict[str, object], message: str) -> None:
     with pytest.raises(SIError, match=message.replace("(", r"\(").replace("+", r"\+").replace("|", r"\|")):

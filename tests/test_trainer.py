@@ -119,14 +119,20 @@ def test_sami_matrix_equals_the_scoring_stage(tiny_backend, pair_set) -> None:
             assert [every[int(index[m, i, j])][0] for i in range(2)] == list(group.variant_prompt_ids)
 
 
-def test_shared_prompt_passes_equal_one_pass_with_gradients(tiny_model_dir) -> None:
-    """forward_pairs runs each distinct prompt once and the completions on its cache: log-probs,
-    entropies, hidden states and the gradient equal one pass over [prompt | completion] rows."""
+STEM = tuple(range(100, 120))  # 20 tokens: prompts that start with it share a stem (>= 16 tokens)
+
+
+@pytest.mark.parametrize(("a", "b", "c"), [((5, 9, 12, 40, 41, 7), (6, 9, 30), (7,)),
+                                           (STEM + (5, 9, 12), STEM + (6, 9, 30, 31), (7, 8, 9))],
+                         ids=["distinct-prompts", "shared-stem"])
+def test_shared_prompt_passes_equal_one_pass_with_gradients(tiny_model_dir, a, b, c) -> None:
+    """forward_pairs runs each shared stem and each distinct prompt once, and the completions on
+    their caches: log-probs, entropies, hidden states and the gradient equal one pass over
+    [prompt | completion] rows."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    a, b = (5, 9, 12, 40, 41, 7), (6, 9, 30)  # two prompts of different lengths
-    pairs = [(a, (3, 4, 5)), (b, (8,)), (a, (11, 12, 13, 14, 15)), (b, (20, 21)), (a, (3, 4))]
+    pairs = [(a, (3, 4, 5)), (b, (8,)), (a, (11, 12, 13, 14, 15)), (b, (20, 21)), (a, (3, 4)), (c, (9, 9))]
     results = []
     for share in (True, False):
         model.zero_grad()
@@ -136,7 +142,7 @@ def test_shared_prompt_passes_equal_one_pass_with_gradients(tiny_model_dir) -> N
         grads = {n: p.grad.clone() for n, p in model.named_parameters()}
         results.append((out, grads))
     (shared, g_shared), (single, g_single) = results
-    assert torch.equal(shared.mask, single.mask) and shared.mask.sum() == 3 + 1 + 5 + 2 + 2
+    assert torch.equal(shared.mask, single.mask) and shared.mask.sum() == 3 + 1 + 5 + 2 + 2 + 2
     torch.testing.assert_close(shared.logp, single.logp, atol=1e-5, rtol=0)
     m = shared.mask  # padding columns hold whatever the padded position computes
     torch.testing.assert_close(shared.entropy[m], single.entropy[m], atol=1e-5, rtol=0)

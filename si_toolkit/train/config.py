@@ -136,6 +136,9 @@ class TrainConfig:
     adam_beta2: float = _f(0.999, "AdamW beta2, in [0, 1).")
     adam_epsilon: float = _f(1e-8, "AdamW epsilon (> 0).")
     grad_accum: int = _f(1, "Micro-batches per update on each process (whole prompts per micro-batch).")
+    parallelism: Literal["ddp", "fsdp"] = _f(
+        "ddp", "Under torchrun: ddp = every process holds the whole model and gradients are averaged; fsdp = FSDP2 (fully_shard per decoder layer + root) shards weights, gradients and AdamW state over the processes. No effect in one process."
+    )
     max_grad_norm: float = _f(1.0, "Clip the global gradient norm to this; 0 disables clipping.")
     max_steps: int = _f(100, "Steps to train (each: one generated batch, num_iterations updates).")
 
@@ -266,6 +269,9 @@ def _check_ranges(c: TrainConfig) -> None:
     _require(c.eval_every == 0 or c.eval_prompts is not None,
              f"eval_every={c.eval_every} needs eval_prompts (a prompt set); set eval_prompts or eval_every=0")
     _require(c.prompts.strip() != "", "prompts is empty; use builtin:mixed or a prompt file")
+    _require(c.parallelism == "ddp" or c.lora_r == 0,
+             f"parallelism=fsdp with lora_r={c.lora_r}: sharding is for full fine-tuning; LoRA's trainable state is "
+             "small, so use parallelism=ddp (or lora_r=0)")
 
 
 def _check_floats(c: TrainConfig) -> None:

@@ -1,23 +1,25 @@
 """Teacher-forced forward passes over (prompt ids, completion ids) pairs, and span reductions.
 
-Pairs share prompts: the G completions of a prompt come from its K renderings, and the SAMI
-matrix scores K completions under each rendering. So a call runs in two passes through the
-model, as the scoring backend does:
+Pairs share prompts: the G completions of a prompt come from its K renderings, the SAMI
+matrix scores K completions under each rendering, and the renderings of a step's prompts under
+one principle share that principle's system turn. So a call runs in stages through the model,
+each on the KV cache (with gradients, when the call has them) of the one before, its rows
+repeated for the next (backward sums the gradients of repeated rows):
 
-1. the U distinct prompts, left-padded to a common width P, once each, keeping their KV cache
-   (with gradients, when the call has them);
-2. the B completions, right-padded to a common width C, on top of their prompt's cache rows
-   (each prompt row is repeated for its pairs, and backward sums its gradients).
+1. the stems shared by several distinct prompts, once each (`backends.decode.shared_stems`,
+   the sampler's rule: a common prefix of at least 16 tokens); skipped when there is none;
+2. the rest of each of the U distinct prompts, left-padded, once each;
+3. the B completions, right-padded to a common width C.
 
 Prompts are usually most of a pair's tokens, so the forward and backward cost falls with the
-number of pairs per prompt (2 for G = 4 and K = 2, 4 with the SAMI cross pairs). The result
-equals one pass over [prompt | completion] rows up to float rounding (`share_prompts=False`
-runs that single pass; models whose cache is not a plain dynamic one, e.g. sliding-window
-layers, use it always). Under DDP the two passes must be one forward of the wrapped module:
-wrap `PairModel(policy)`, not the policy.
+number of pairs per prompt (2 for G = 4 and K = 2, 4 with the SAMI cross pairs) and with the
+prompts per principle. The result equals one pass over [prompt | completion] rows up to float
+rounding (`share_prompts=False` runs that single pass; models whose cache is not a plain
+dynamic one, e.g. sliding-window layers, use it always). Under DDP the stages must be one
+forward of the wrapped module: wrap `PairModel(policy)`, not the policy.
 
-    logits predicting completion token t:  t = 0 from the prompt's last position (pass 1),
-                                           t ≥ 1 from completion position t − 1 (pass 2)
+    logits predicting completion token t:  t = 0 from the prompt's last position (stage 2),
+                                           t ≥ 1 from completion position t − 1 (stage 3)
 
 Only completion positions go through the lm-head (`logits_to_keep`), which matters for
 49k-token vocabularies, and log-probs are log π(y_t) = logits[y_t] − logsumexp(logits), which
@@ -42,7 +44,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from si_toolkit.backends.decode import cache_kwarg, output_cache
+from si_toolkit.backends.decode import cache_kwarg, left_pad, output_cache, shared_stems
 from si_toolkit.errors import SIError
 
 __all__ = ["ForwardOutput", "PairModel", "forward_pairs", "lora_dropout", "span_mask", "span_sums"]
@@ -62,13 +64,28 @@ class ForwardOutput:
 
 @dataclass
 class PairBatch:
-    """The tensors of one call: distinct prompts, and completions pointing at their prompt."""
+    """The tensors of one call: prompt stems, distinct prompts, and completions pointing at their prompt.
 
-    prompt_ids: Tensor  # (U, P) left-padded distinct prompts
-    prompt_mask: Tensor  # (U, P)
+    Prompt u is stem `stem_of[u]` followed by its suffix; `prompt_ids` / `prompt_mask` hold
+    [left-padded stem | left-padded suffix] rows, so padding may sit inside a row (masked).
+    """
+
+    stem_ids: Tensor  # (S, Ps) left-padded stems shared by several prompts (Ps = 0: none)
+    stem_mask: Tensor  # (S, Ps)
+    stem_of: Tensor  # (U,) long: the stem row of each distinct prompt
+    suffix_ids: Tensor  # (U, Pu) left-padded rest of each distinct prompt (at least one token)
+    suffix_mask: Tensor  # (U, Pu)
     owner: Tensor  # (B,) long: the prompt row of each pair
     completion_ids: Tensor  # (B, C) right-padded completions
     completion_mask: Tensor  # (B, C)
+
+    @property
+    def prompt_ids(self) -> Tensor:  # (U, Ps + Pu)
+        return torch.cat([self.stem_ids.index_select(0, self.stem_of), self.suffix_ids], 1)
+
+    @property
+    def prompt_mask(self) -> Tensor:  # (U, Ps + Pu)
+        return torch.cat([self.stem_mask.index_select(0, self.stem_of), self.suffix_mask], 1)
 
 
 @dataclass
@@ -81,7 +98,7 @@ class PassOutput:
 
 
 class PairModel(torch.nn.Module):
-    """A causal LM whose forward runs both passes of `forward_pairs`, so that DDP, which allows
+    """A causal LM whose forward runs all the passes of `forward_pairs`, so that DDP, which allows
     one forward per backward, can wrap it: `DistributedDataParallel(PairModel(policy))`."""
 
     def __init__(self, lm: Any) -> None:
@@ -135,28 +152,52 @@ def forward_pairs(
 
 
 def _run(lm: Any, batch: PairBatch, layers: Sequence[int], with_logits: bool, share_prompts: bool) -> PassOutput:
-    """Both passes (or the single pass) over one batch; logits are the model's, not yet scaled by T."""
+    """The shared passes (or the single pass) over one batch; logits are the model's, not yet scaled by T.
+
+    Three stages, each on the KV cache of the one before, its rows repeated for the next:
+    stems shared by several prompts (skipped when there are none), the rest of each distinct
+    prompt, the completions.
+    """
     if not share_prompts:
         return _single_pass(lm, batch, layers, with_logits)
-    prompt_positions = (batch.prompt_mask.cumsum(1) - 1).clamp(min=0)
-    first = lm(input_ids=batch.prompt_ids, attention_mask=batch.prompt_mask, position_ids=prompt_positions,
-               use_cache=True, logits_to_keep=1)
+    cache_arg = cache_kwarg(_base_lm(lm))
+    cache: Any = None
+    stem_lengths = torch.zeros_like(batch.stem_of)
+    if batch.stem_ids.shape[1] > 0:
+        stems = lm(input_ids=batch.stem_ids, attention_mask=batch.stem_mask, use_cache=True, logits_to_keep=1,
+                   position_ids=(batch.stem_mask.cumsum(1) - 1).clamp(min=0))
+        cache = output_cache(stems)
+        if not _plain_dynamic(cache):
+            return _single_pass(lm, batch, layers, with_logits)
+        _repeat_rows(cache, batch.stem_of)
+        stem_lengths = batch.stem_mask.sum(1).index_select(0, batch.stem_of)
+    prompt_mask = batch.prompt_mask  # (U, Ps + Pu)
+    positions = stem_lengths[:, None] + (batch.suffix_mask.cumsum(1) - 1).clamp(min=0)  # (U, Pu)
+    first = lm(input_ids=batch.suffix_ids, attention_mask=prompt_mask, position_ids=positions, use_cache=True,
+               logits_to_keep=1, **({cache_arg: cache} if cache is not None else {}))
     cache = output_cache(first)
     if not _plain_dynamic(cache):
         return _single_pass(lm, batch, layers, with_logits)
-    for layer in cache.layers:  # one cache row per pair, holding its prompt's keys and values
-        layer.keys, layer.values = layer.keys.index_select(0, batch.owner), layer.values.index_select(0, batch.owner)
+    _repeat_rows(cache, batch.owner)  # one cache row per pair, holding its prompt's keys and values
     C = batch.completion_ids.shape[1]
-    mask = torch.cat([batch.prompt_mask.index_select(0, batch.owner), batch.completion_mask], 1)  # (B, P + C)
-    lengths = batch.prompt_mask.sum(1).index_select(0, batch.owner)  # (B,)
+    mask = torch.cat([prompt_mask.index_select(0, batch.owner), batch.completion_mask], 1)  # (B, P + C)
+    lengths = prompt_mask.sum(1).index_select(0, batch.owner)  # (B,)
     positions = lengths[:, None] + torch.arange(C, device=lengths.device)[None, :]  # (B, C)
+    # The head runs on completion positions 0..C−2 only (position C−1 predicts nothing scored), and
+    # asking for exactly those avoids a slice whose backward would allocate a (B, C, V) gradient.
+    keep = torch.arange(C - 1, device=positions.device) if with_logits else 1
     second = lm(input_ids=batch.completion_ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                output_hidden_states=bool(layers), logits_to_keep=C if with_logits else 1,
-                **{cache_kwarg(_base_lm(lm)): cache})
+                output_hidden_states=bool(layers), logits_to_keep=keep, **{cache_arg: cache})
     hidden = {layer: _layer(second.hidden_states, layer) for layer in layers}  # each (B, C, D)
     if not with_logits:
         return PassOutput(None, None, hidden)
-    return PassOutput(first.logits[:, -1:].index_select(0, batch.owner), second.logits[:, : C - 1], hidden)
+    return PassOutput(first.logits[:, -1:].index_select(0, batch.owner), second.logits, hidden)
+
+
+def _repeat_rows(cache: Any, rows: Tensor) -> None:
+    """Replace the cache's batch rows by rows[0], rows[1], ... (differentiable; backward sums repeats)."""
+    for layer in cache.layers:
+        layer.keys, layer.values = layer.keys.index_select(0, rows), layer.values.index_select(0, rows)
 
 
 def _single_pass(lm: Any, batch: PairBatch, layers: Sequence[int], with_logits: bool) -> PassOutput:
@@ -205,7 +246,7 @@ def _plain_dynamic(cache: Any) -> bool:
     """True when every cache layer is a full-attention dynamic layer (rows can be repeated freely)."""
     from transformers.cache_utils import DynamicLayer
 
-    layers = getattr(cache, "layers", None)
+    layers: list[Any] = list(getattr(cache, "layers", None) or [])
     return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
 
 
@@ -237,23 +278,28 @@ def _device_of(model: Any) -> torch.device:
 
 
 def _layout(pairs: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id: int, device: torch.device) -> PairBatch:
-    """Distinct prompts (left-padded, first-seen order) and completions (right-padded)."""
+    """Stems shared by the distinct prompts (`backends.decode.shared_stems`, the sampler's rule),
+    the rest of each distinct prompt (first-seen order), and the completions (right-padded)."""
     rows: dict[tuple[int, ...], int] = {}
     owner = [rows.setdefault(tuple(prompt), len(rows)) for prompt, _ in pairs]
-    prompts = list(rows)
-    P, C = max(len(p) for p in prompts), max(len(c) for _, c in pairs)
-    prompt_ids = torch.full((len(prompts), P), pad_id, dtype=torch.long)
-    prompt_mask = torch.zeros((len(prompts), P), dtype=torch.long)
-    for u, prompt in enumerate(prompts):
-        prompt_ids[u, P - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
-        prompt_mask[u, P - len(prompt):] = 1
+    prompts = [list(p) for p in rows]
+    stems, stem_of = shared_stems(prompts)
+    stem_ids, stem_mask = left_pad(stems, pad_id, "cpu") if any(stems) else _empty(len(stems))
+    suffix_ids, suffix_mask = left_pad([p[len(stems[stem_of[u]]):] for u, p in enumerate(prompts)], pad_id, "cpu")
+    C = max(len(c) for _, c in pairs)
     completion_ids = torch.full((len(pairs), C), pad_id, dtype=torch.long)
     completion_mask = torch.zeros((len(pairs), C), dtype=torch.long)
     for b, (_, completion) in enumerate(pairs):
         completion_ids[b, : len(completion)] = torch.tensor(list(completion), dtype=torch.long)
         completion_mask[b, : len(completion)] = 1
-    return PairBatch(prompt_ids.to(device), prompt_mask.to(device), torch.tensor(owner, device=device),
+    return PairBatch(stem_ids.to(device), stem_mask.to(device), torch.tensor(stem_of, device=device),
+                     suffix_ids.to(device), suffix_mask.to(device), torch.tensor(owner, device=device),
                      completion_ids.to(device), completion_mask.to(device))
+
+
+def _empty(n_rows: int) -> tuple[Tensor, Tensor]:
+    """(ids, mask) of n_rows empty stems: zero columns."""
+    return torch.zeros((n_rows, 0), dtype=torch.long), torch.zeros((n_rows, 0), dtype=torch.long)
 
 
 def _layer(hidden_states: tuple[Tensor, ...], layer: int) -> Tensor:

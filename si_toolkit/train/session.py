@@ -35,6 +35,7 @@ from si_toolkit.train.config import RESUMABLE_CHANGES, TrainConfig
 from si_toolkit.train.distributed import DistContext, barrier
 from si_toolkit.train.forward import PairModel
 from si_toolkit.train.metrics import MetricsLog
+from si_toolkit.train.sharding import load_optimizer_state, shard_policy
 
 __all__ = ["RUN_FILE", "Session", "open_session", "run_record"]
 
@@ -50,8 +51,8 @@ class Session:
     out_dir: Path
     principle_set: PrincipleSet
     backend: HFBackend
-    policy: Any  # unwrapped policy (transformers or PEFT model); generation uses it
-    model: Any  # what the loss forward calls: DDP(PairModel(policy)) under torchrun, else the policy
+    policy: Any  # unwrapped policy (transformers or PEFT model), FSDP-sharded under parallelism=fsdp
+    model: Any  # what the loss forward calls: DDP(PairModel(policy)) under torchrun with ddp, else the policy
     reference: Any | None  # frozen initial weights; None when unused or with LoRA
     optimizer: torch.optim.Optimizer
     prompts: PromptSet
@@ -79,6 +80,17 @@ class Session:
     @property
     def lora(self) -> bool:
         return self.config.lora_r > 0
+
+    @property
+    def fsdp(self) -> bool:
+        """The policy is sharded (parallelism=fsdp under torchrun); backend.model is its whole copy."""
+        return self.config.parallelism == "fsdp" and self.ctx.enabled
+
+    @property
+    def current(self) -> Any:
+        """The current weights, whole: the policy, or under FSDP its synced generation copy. No-grad
+        passes and checkpoints use it."""
+        return self.backend.model
 
 
 def run_record(config: TrainConfig, principle_set: PrincipleSet, ctx: DistContext) -> dict[str, Any]:
@@ -234,18 +246,24 @@ def open_session(config: TrainConfig, principle_set: PrincipleSet, out_dir: Path
     needs_reference = config.beta > 0.0 or config.ot_weight > 0.0 or config.monitor_off_terms
     backend, policy, reference = _load_models(config, ctx, checkpoint, needs_reference)
     model = policy
-    if ctx.enabled:
+    fsdp = config.parallelism == "fsdp" and ctx.enabled
+    if fsdp:
+        backend.model = copy.deepcopy(policy)  # the whole copy that samples (sharding.py)
+        shard_policy(policy, ctx, backend.device)
+    elif ctx.enabled:
         from torch.nn.parallel import DistributedDataParallel
 
         # Around PairModel: forward_pairs runs its prompt and completion passes as one DDP forward.
         model = DistributedDataParallel(PairModel(policy), device_ids=[ctx.local_rank] if backend.device != "cpu" else None)
     trainable = [p for p in policy.parameters() if p.requires_grad]
+    # The fused kernel (CPU and CUDA; not for FSDP's DTensors) updates each parameter in one pass;
+    # the default multi-tensor one allocates temporaries the size of all the weights at every step.
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
-                                  eps=config.adam_epsilon, weight_decay=config.weight_decay)
+                                  eps=config.adam_epsilon, weight_decay=config.weight_decay, fused=not fsdp)
     start_step = 0
     metrics = MetricsLog(out_dir, enabled=ctx.is_main, tensorboard=config.tensorboard)
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(policy, optimizer, state["optimizer"], fsdp)
         restore_rng(state["rng"])
         start_step = int(state["step"])
     metrics.truncate_after(start_step)

@@ -9,9 +9,10 @@ log, warn and checkpoint. The loss formulas are in `losses/`, the micro-batch as
 `terms.py`, loading and resume in `session.py`, checkpoints in `checkpoint.py`.
 
 A step's global batch is `prompts_per_step` prompts × `num_generations` completions. Under
-torchrun each process takes the prompts at positions ≡ rank (mod world size), computes its
-groups' advantages locally (a group never spans processes), and DDP averages the gradients;
-loss weights (terms.term_weights) make that equal to the gradient of the global batch.
+torchrun each process takes the prompts at positions ≡ rank (mod world size) (a group never
+spans processes), takes its rows of the advantages computed over the whole step's gathered
+rewards, and DDP (or FSDP, sharding.py) averages the gradients; loss weights
+(terms.term_weights) make that equal to the gradient of the global batch.
 Sampling seeds depend only on (seed, step, prompt position), so runs with different process
 counts, and resumed runs, see the same completions.
 
@@ -44,6 +45,7 @@ from si_toolkit.train.metrics import StatSums, health_warnings, rollout_stats
 from si_toolkit.train.rewards import compute_rewards, reward_terms
 from si_toolkit.train.rollout import Group, group_seed, rollout_groups, step_prompt_indices
 from si_toolkit.train.session import Session, open_session
+from si_toolkit.train.sharding import optimizer_state, sync_generation_copy
 from si_toolkit.train.terms import MicroBatch, Models, loss_tokens, micro_batch_loss, sami_pairs, term_weights
 
 __all__ = ["RewardHook", "TrainResult", "learning_rate_at", "step_advantages", "train", "train_step"]
@@ -129,7 +131,7 @@ def train_step(s: Session, step: int, reward_fn: RewardHook | None = None) -> di
     row = {"step": step, "lr": lr, **row}
     batches = _micro_batches(s, groups, advantages.float())  # whole prompts; fixed reference / old log-probs
     stats = StatSums()
-    models = Models(model=s.model, policy=s.policy, pad_id=s.pad_id, ctx=s.ctx)
+    models = Models(model=s.model, policy=s.current, pad_id=s.pad_id, ctx=s.ctx)
     with _dropout_rng(s, step):
         for _ in range(c.num_iterations):
             finite = True
@@ -227,7 +229,7 @@ def _micro_batches(s: Session, groups: list[Group], advantages: torch.Tensor) ->
         with torch.no_grad():
             mb.ref = _reference_pass(s, mb)
             if c.num_iterations > 1:  # off-policy updates need π_old fixed before the first one
-                mb.old_logp = forward_pairs(s.policy, mb.diagonal(), pad_id=s.pad_id, temperature=c.temperature).logp
+                mb.old_logp = forward_pairs(s.current, mb.diagonal(), pad_id=s.pad_id, temperature=c.temperature).logp
         batches.append(mb)
     return batches
 
@@ -261,6 +263,8 @@ def _clip_and_step(s: Session, step: int, finite: bool) -> float:
                       f"weights are saved in {saved}. Lower learning_rate, raise ot_epsilon, or set max_grad_norm")
     s.optimizer.step()
     s.optimizer.zero_grad(set_to_none=True)
+    if s.fsdp:
+        sync_generation_copy(s.policy, s.current)
     return norm
 
 
@@ -293,7 +297,7 @@ def _sami_bound(s: Session, group: Group) -> float:
     """log K − L_SAMI of one group's matrices under the current policy."""
     pairs, index, bounds = sami_pairs([group], s.k, s.config.sami_span)
     diagonal = [(r.prompt_ids, r.token_ids) for r in group.rollouts]
-    out = forward_pairs(s.policy, diagonal + pairs, pad_id=s.pad_id, temperature=s.config.temperature)
+    out = forward_pairs(s.current, diagonal + pairs, pad_id=s.pad_id, temperature=s.config.temperature)
     sums, counts = span_sums(out.logp, span_mask(bounds, out.logp.shape[1], out.logp.device) & out.mask)
     index = index.to(sums.device)
     _, info = losses.batched_sami_loss(sums[index], n_tokens=counts[index], critic=s.config.sami_critic)
@@ -319,11 +323,12 @@ def _checkpoint(s: Session, step: int, *, optimizer: bool = True) -> Path:
     save_final_optimizer); such a checkpoint cannot be resumed from.
     """
     path = s.out_dir / f"checkpoint-{step}"
+    optimizer_state_dict = optimizer_state(s.policy, s.optimizer, s.fsdp) if optimizer else None  # every rank
     if s.ctx.is_main:
         state = {"step": step, "rng": capture_rng(), "config": s.config.to_dict(), "world_size": s.ctx.world_size}
-        if optimizer:
-            state["optimizer"] = s.optimizer.state_dict()
-        save_checkpoint(s.out_dir, step, s.policy, s.tokenizer, state)
+        if optimizer_state_dict is not None:
+            state["optimizer"] = optimizer_state_dict
+        save_checkpoint(s.out_dir, step, s.current, s.tokenizer, state)
         prune_checkpoints(s.out_dir, s.config.save_total_limit)
     barrier(s.ctx)
     return path
