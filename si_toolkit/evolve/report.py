@@ -107,7 +107,7 @@ def _generation_table(gens: list[dict[str, Any]]) -> Table:
                  rows=tuple(rows), numeric=(True, False, True, True, True, True, False, False))
 
 
-def _generation_figure(gens: list[dict[str, Any]]) -> Any:
+def _generation_figure(gens: list[dict[str, Any]], seed: dict[str, Any] | None) -> Any:
     fig = MplFigure(figsize=(7.0, 3.6), layout="constrained")
     ax = fig.subplots()
     points = [(g["generation"], g["top"]) for g in gens if g.get("top")]
@@ -118,6 +118,9 @@ def _generation_figure(gens: list[dict[str, Any]]) -> Any:
     best = [(g["generation"], g["best_so_far"]["si"]) for g in gens if g.get("best_so_far")]
     if best:
         ax.plot([b[0] for b in best], [b[1] for b in best], color="black", ls="--", lw=1, label="best so far")
+    if seed is not None and seed["selection"]["n_prompts"] == max((t["n_prompts"] for _, t in points), default=-1):
+        ax.axhline(seed["selection"]["si"], color="black", ls=":", lw=1.5, label="seed")
+    if best or seed is not None:
         ax.legend(loc="lower right", fontsize=8)
     ax.axhline(0.0, color="0.3", lw=1)
     ax.set_xticks([g["generation"] for g in gens])
@@ -126,7 +129,7 @@ def _generation_figure(gens: list[dict[str, Any]]) -> Any:
     ax.set_title("Top SI per generation, selection prompts")
     return figure_from_matplotlib(fig, filename="generations.png", alt="Top selection SI per generation with CIs",
                                   caption="Circles: each generation's top admissible finalist with its 95 % CI; "
-                                          "dashed: the best so far.")
+                                          "dashed: the best so far; dotted: the seed, on the same prompts.")
 
 
 def _candidates_table(records: list[dict[str, Any]]) -> Table:
@@ -167,7 +170,8 @@ def _sections(manifest: dict[str, Any], result: dict[str, Any], records: list[di
                                        Bullets(tuple(result["flags"]), "Flags raised for this run", warn=True)
                                        if result["flags"] else Paragraph("No flags."), details)),
         Section("Held-out comparison", "held-out", (_held_out_table(result["held_out"], result["best"]),)),
-        Section("Search", "search", (_generation_table(gens), *((_generation_figure(gens),) if gens else ()))),
+        Section("Search", "search", (_generation_table(gens),
+                                     *((_generation_figure(gens, by_id.get("seed")),) if gens else ()))),
         Section("The winner's lineage", "lineage", tuple(lineage) or (Paragraph("The best is the seed itself."),)),
         Section("All candidates", "candidates", (_candidates_table(records),)),
         Section("Method", "method", tuple(Paragraph(f"{term}: {text}") for term, text in METHOD)
