@@ -120,7 +120,7 @@ def _generation_figure(gens: list[dict[str, Any]], seed: dict[str, Any] | None) 
         ax.plot([b[0] for b in best], [b[1] for b in best], color="black", ls="--", lw=1, label="best so far")
     if seed is not None and seed["selection"]["n_prompts"] == max((t["n_prompts"] for _, t in points), default=-1):
         ax.axhline(seed["selection"]["si"], color="black", ls=":", lw=1.5, label="seed")
-    if best or seed is not None:
+    if ax.get_legend_handles_labels()[1]:
         ax.legend(loc="lower right", fontsize=8)
     ax.axhline(0.0, color="0.3", lw=1)
     ax.set_xticks([g["generation"] for g in gens])
@@ -162,7 +162,8 @@ def _sections(manifest: dict[str, Any], result: dict[str, Any], records: list[di
         ("work", f"{result['candidates']} candidates measured; {result['model_calls']['generate']} responses sampled, "
                  f"{result['model_calls']['score']} scored in this invocation; {result['seconds']['total']} s")))
     chain = _chain(by_id, result["best"])
-    lineage = [Preformatted(text_diff(seed, r), f"{r['id']} ({r['operator']}, parent {r['parent']}): {r['detail']}"
+    lineage = [Preformatted(text_diff(seed, r), f"{r['id']} ({r['operator']}, parent {r['parent']}"
+                            + (f" + {r['second_parent']}" if r.get("second_parent") else "") + f"): {r['detail']}"
                             + (" [model-written text]" if r.get("model_written") else "")) for r in chain[1:]]
     gens = result["generations"]
     return [
