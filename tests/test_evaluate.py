@@ -121,9 +121,27 @@ def test_eval_config_validation(kwargs: dict[str, object], field: str) -> None:
         EvalConfig(**kwargs)  # type: ignore[arg-type]
 
 
-def _item(id_: str, correct: bool, fmt: bool = False, reference: str = "1") -> dict[str, object]:
+def _item(id_: str, correct: bool, fmt: bool = False, reference: str = "1", graded: float | None = None) -> dict[str, object]:
     return {"id": id_, "reference": reference, "correct": correct, "correct_lenient": correct, "format_ok": fmt,
-            "n_tokens": 10, "finish_reason": "stop"}
+            "graded_format": float(fmt) if graded is None else graded, "n_tokens": 10, "finish_reason": "stop"}
+
+
+def test_graded_format_is_scored_and_compared_without_0_1_counts() -> None:
+    assert score_response("a</think>\n<answer>", "1")["graded_format"] == 0.5
+    assert score_response("a</think><answer>1</answer>", "1")["graded_format"] == 1.0
+    a = [_item("x", False, graded=0.5), _item("y", False, graded=0.25)]
+    b = [_item("x", False, graded=0.0), _item("y", False, graded=0.0)]
+    graded = compare_items(a, b)["metrics"]["graded_format"]
+    assert graded["delta"] == pytest.approx(0.375) and graded["only_a"] is None
+    assert compare_items(a, b)["metrics"]["correct"]["neither"] == 2
+    assert summarize_items(a)["graded_format_mean"] == pytest.approx(0.375)
+
+
+def test_items_written_before_the_graded_metric_still_read(tmp_path: Path) -> None:
+    row = {k: v for k, v in _item("q1", False).items() if k != "graded_format"}
+    path = tmp_path / "items.jsonl"
+    path.write_text(json.dumps({**row, "response": "two</think>"}) + "\n")
+    assert read_items(path)[0]["graded_format"] == 0.25
 
 
 def test_summarize_items_gives_means_and_cis() -> None:

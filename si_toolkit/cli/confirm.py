@@ -14,7 +14,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from si_toolkit.cli.common import DTYPE_HELP, FilesArg, JsonOpt, ModelOpt, ProfileOpt, err, fail, out
+from si_toolkit.cli.common import DTYPE_HELP, FilesArg, JsonOpt, ModelOpt, err, fail, out
 from si_toolkit.errors import USER_FAILURES
 
 __all__ = ["app"]
@@ -61,8 +61,12 @@ def _comparison_table(comparison: dict[str, Any]) -> Table:
         ci = m["delta_ci"]
         table.add_row(metric, f"{m['a']:.3f}", f"{m['b']:.3f}", f"{m['delta']:+.3f}",
                       f"[{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "n/a",
-                      fmt_p(m["p_value"], m.get("p_at_floor")), str(m["only_a"]), str(m["only_b"]))
+                      fmt_p(m["p_value"], m.get("p_at_floor")), _count(m["only_a"]), _count(m["only_b"]))
     return table
+
+
+def _count(value: int | None) -> str:
+    return "" if value is None else str(value)
 
 
 def _harness_table(report: dict[str, Any]) -> Table:
@@ -214,10 +218,12 @@ def steadiness_command(
 @app.command()
 def confirm(
     files: FilesArg,
-    top: Annotated[int, typer.Option("--top", help="Train the k highest-SI sets.")] = 1,
-    bottom: Annotated[int, typer.Option("--bottom", help="Train the k lowest-SI sets.")] = 1,
-    profile: ProfileOpt = "quick",
-    seeds: Annotated[int, typer.Option("--seeds", help="Training seeds per set and preset.")] = 1,
+    top: Annotated[int | None, typer.Option("--top", help="Train the k highest-SI sets (default: the profile's).")] = None,
+    bottom: Annotated[int | None, typer.Option("--bottom", help="Train the k lowest-SI sets (default: the profile's).")] = None,
+    profile: Annotated[str, typer.Option("--profile", help="quick: CPU smoke test (2 sets, 1 seed, cannot support a "
+                                          "claim); cpu: every set, 2 seeds, < 2 h on 2 CPU cores; standard: GPU host "
+                                          "(4 sets, 3 seeds).")] = "quick",
+    seeds: Annotated[int | None, typer.Option("--seeds", help="Training seeds per set and preset (default: the profile's).")] = None,
     model: ModelOpt = "embedded",
     ranking: Annotated[Path | None, typer.Option("--ranking", help="Reuse a ranking run folder.")] = None,
     out_dir: Annotated[Path, typer.Option("--out", help="Confirmation folder (resumable).")] = Path("reports/confirm"),

@@ -13,57 +13,107 @@ from typing import Any
 
 import numpy as np
 
-from si_toolkit.estimators import spearman_with_ci
+from si_toolkit.estimators import detectable_spearman, spearman_permutation_p, spearman_with_ci
 from si_toolkit.report.document import Figure, Table
 from si_toolkit.report.tables import fmt_p
 from si_toolkit.report.page import Page, Paragraph, Section, render_page_html, render_page_markdown
 from si_toolkit.safeio import atomic_write_bytes, atomic_write_text
 
-__all__ = ["analyse", "verdict", "write_confirm_report"]
+__all__ = ["OUTCOMES", "analyse", "power_statement", "verdict", "write_confirm_report"]
 
 MIN_SETS_FOR_CLAIM = 4  # below this a rank correlation over sets cannot be told from chance
 MIN_SEEDS_FOR_CLAIM = 2
+ALPHA = 0.05  # level of the one-sided test of the primary outcome
+POWER = 0.8  # power at which the smallest detectable ρ is stated
+# Every outcome of a run, defined once (docs/evaluation.md, "si confirm"). Gains are trained
+# model minus base model on held-out prompts; steadiness numbers come from metrics.jsonl.
 OUTCOMES = {
-    "accuracy_gain": "accuracy gain over base (enigma)",
-    "adherence_gain": "adherence gain: SI(trained) − SI(base), held-out prompts",
+    "adherence_gain": "adherence gain: SI(trained) − SI(base) on its set, held-out prompts",
+    "graded_format_gain": "graded-format gain: graded format reward of held-out answers, trained − base",
+    "accuracy_gain": "held-out accuracy gain over base",
     "reward_volatility": "reward volatility after warm-up (lower = steadier)",
-    "final_reward": "final format reward (mean of last 10 % of steps)",
+    "kl_drift": "KL drift from the reference over the run",
+    "sinkhorn_drift": "Sinkhorn drift of hidden states over the run",
+    "entropy_slope": "entropy slope (nats per step)",
+    "final_reward": "final format reward (mean of the last 10 % of steps)",
 }
+# Per set, an outcome is summarised three ways: the enigma runs' mean over seeds, the grpo
+# runs' mean, and their difference (what the SAMI and OT terms added).
+CONTRASTS = ("enigma", "grpo", "difference")
 
 
 def analyse(config: Any, estimates: dict[str, Any], chosen: list[str], runs: list[dict[str, Any]],
-            evals: dict[str, Any], adherence: dict[str, Any], geometry: dict[str, Any]) -> dict[str, Any]:
-    from si_toolkit.confirm.evaluate import compare_items
+            evals: dict[str, Any], adherence: dict[str, Any], geometry: dict[str, Any],
+            primary: tuple[str, str] = ("adherence_gain", "difference")) -> dict[str, Any]:
+    """Combine the step outputs: per-run outcomes, per-set contrasts, SI correlations, verdict.
 
-    base_items = evals["base"]["items"]
-    rows = []
-    for run in runs:
-        vs_base = compare_items(evals[run["name"]]["items"], base_items)["metrics"]["correct"]
-        rows.append({
-            "name": run["name"], "set": run["set"], "preset": run["preset"], "seed": run["seed"],
-            "si": estimates["sets"][run["set"]]["si"], "accuracy": evals[run["name"]]["summary"]["accuracy"],
-            "accuracy_gain": vs_base["delta"], "accuracy_gain_ci": vs_base["delta_ci"],
-            "adherence": adherence[run["name"]], "adherence_gain": adherence[run["name"]] - adherence["base"][run["set"]],
-            "reward_volatility": run["steadiness"]["reward_volatility"], "final_reward": run["steadiness"]["final_reward"],
-            "steadiness": run["steadiness"],
-        })
-    ablation = _ablation(runs, evals)
-    correlations = {}
-    for key in OUTCOMES:
-        per_set = [(estimates["sets"][name]["si"], _mean([r[key] for r in rows if r["set"] == name and r["preset"] == "enigma"]))
-                   for name in chosen]
-        x, y = np.array([p[0] for p in per_set], float), np.array([p[1] for p in per_set], float)
-        correlations[key] = spearman_with_ci(x, y)
+    primary: (outcome, contrast) the verdict is about, e.g. ("adherence_gain", "difference"):
+    Spearman ρ between a set's SI and its ENIGMA − GRPO adherence gain, one-sided permutation
+    test at ALPHA.
+    """
+    rows = [_run_row(run, estimates, evals, adherence) for run in runs]
+    per_set = {name: _set_contrasts([r for r in rows if r["set"] == name]) for name in chosen}
+    si = np.array([estimates["sets"][name]["si"] for name in chosen], float)
+    correlations = {key: {c: _correlation(si, np.array([_nan(per_set[n][key][c]) for n in chosen], float))
+                          for c in CONTRASTS} for key in OUTCOMES}
+    outcome, contrast = primary
+    detectable = detectable_spearman(len(chosen), alpha=ALPHA, power=POWER) if len(chosen) >= 3 else None
     result = {
-        "schema": "si-toolkit/confirm/v1", "config": asdict(config), "sets": chosen,
+        "schema": "si-toolkit/confirm/v2", "config": asdict(config), "sets": chosen,
         "si": {name: estimates["sets"][name]["si"] for name in chosen},
         "base": {"accuracy": evals["base"]["summary"]["accuracy"], "format_rate": evals["base"]["summary"]["format_rate"],
-                 "adherence": adherence["base"]},
-        "runs": rows, "ablation": ablation, "correlations": correlations,
+                 "graded_format_mean": evals["base"]["summary"].get("graded_format_mean"), "adherence": adherence["base"]},
+        "runs": rows, "per_set": per_set, "ablation": _ablation(runs, evals), "correlations": correlations,
+        "primary": {"outcome": outcome, "contrast": contrast, **correlations[outcome][contrast], "alpha": ALPHA,
+                    "power": POWER, "detectable_rho": detectable},
         "geometry": {name: _geometry_summary(g) for name, g in geometry.items()},
     }
+    result["power_statement"] = power_statement(result["primary"])
     result["verdict"] = verdict(result, n_seeds=config.seeds)
     return result
+
+
+def _run_row(run: dict[str, Any], estimates: dict[str, Any], evals: dict[str, Any], adherence: dict[str, Any]) -> dict[str, Any]:
+    from si_toolkit.confirm.evaluate import compare_items
+
+    vs_base = compare_items(evals[run["name"]]["items"], evals["base"]["items"])["metrics"]
+    steady = run["steadiness"]
+    return {
+        "name": run["name"], "set": run["set"], "preset": run["preset"], "seed": run["seed"],
+        "si": estimates["sets"][run["set"]]["si"], "accuracy": evals[run["name"]]["summary"]["accuracy"],
+        "accuracy_gain": vs_base["correct"]["delta"], "accuracy_gain_ci": vs_base["correct"]["delta_ci"],
+        "graded_format_gain": vs_base["graded_format"]["delta"],
+        "graded_format_gain_ci": vs_base["graded_format"]["delta_ci"],
+        "adherence": adherence[run["name"]], "adherence_gain": adherence[run["name"]] - adherence["base"][run["set"]],
+        **{key: steady.get(key) for key in ("reward_volatility", "kl_drift", "sinkhorn_drift", "entropy_slope",
+                                            "final_reward")},
+        "steadiness": steady,
+    }
+
+
+def _set_contrasts(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """{outcome: {"enigma": mean over seeds, "grpo": mean, "difference": enigma − grpo}} for one set."""
+    out = {}
+    for key in OUTCOMES:
+        enigma = _mean([r[key] for r in rows if r["preset"] == "enigma"])
+        grpo = _mean([r[key] for r in rows if r["preset"] == "grpo"])
+        out[key] = {"enigma": _finite(enigma), "grpo": _finite(grpo), "difference": _finite(enigma - grpo)}
+    return out
+
+
+def _finite(value: float) -> float | None:
+    """None for an undefined number (an outcome no run of the set logged): JSON has no NaN."""
+    return value if np.isfinite(value) else None
+
+
+def _correlation(si: np.ndarray, outcome: np.ndarray) -> dict[str, Any]:
+    """Spearman ρ with its bootstrap CI over sets and the one-sided permutation p (ρ > 0)."""
+    return {**spearman_with_ci(si, outcome), "p_value": spearman_permutation_p(si, outcome, alternative="greater"),
+            "p_value_less": spearman_permutation_p(si, outcome, alternative="less")}
+
+
+def _nan(value: float | None) -> float:
+    return float("nan") if value is None else value
 
 
 def _mean(values: list[Any]) -> float:
@@ -85,7 +135,9 @@ def _ablation(runs: list[dict[str, Any]], evals: dict[str, Any]) -> list[dict[st
                     "grpo_accuracy": cmp["correct"]["b"], "delta": cmp["correct"]["delta"],
                     "delta_ci": cmp["correct"]["delta_ci"], "p_value": cmp["correct"]["p_value"],
                     "p_at_floor": cmp["correct"].get("p_at_floor", False),
-                    "format_delta": cmp["format_ok"]["delta"], "format_delta_ci": cmp["format_ok"]["delta_ci"]})
+                    "format_delta": cmp["format_ok"]["delta"], "format_delta_ci": cmp["format_ok"]["delta_ci"],
+                    "graded_format_delta": cmp["graded_format"]["delta"],
+                    "graded_format_delta_ci": cmp["graded_format"]["delta_ci"]})
     return out
 
 
@@ -96,33 +148,63 @@ def _geometry_summary(result: dict[str, Any]) -> dict[str, Any]:
             "effective_rank_trained": last.get("effective_rank_trained")}
 
 
-def _ci_excludes_zero(ci: list[float] | None) -> bool:
-    return ci is not None and (ci[0] > 0 or ci[1] < 0)
+def _describe_primary(primary: dict[str, Any]) -> str:
+    contrast = {"difference": "ENIGMA − GRPO", "enigma": "ENIGMA", "grpo": "GRPO-only"}[primary["contrast"]]
+    return f"{contrast} {OUTCOMES[primary['outcome']].split(':')[0]}"
+
+
+def power_statement(primary: dict[str, Any]) -> str:
+    """What the design could detect: the smallest ρ found with 80 % power by the primary test."""
+    n, detectable = primary["n"], primary["detectable_rho"]
+    test = (f"a one-sided permutation test of Spearman ρ at α = {primary['alpha']:g} over {n} sets")
+    if detectable is None:
+        return f"Power: with {n} sets, {test} cannot reach {primary['power'] * 100:.0f} % power for any ρ."
+    return (f"Power: {test} detects a population correlation of ρ ≥ {detectable:.2f} between SI and the per-set "
+            f"outcome (measurement noise included) with {primary['power'] * 100:.0f} % power (simulation, bivariate normal); "
+            f"weaker relations can be missed, so a null result here rules out only relations about that strong.")
 
 
 def verdict(result: dict[str, Any], *, n_seeds: int) -> str:
-    """Plain-language verdict that never claims more than the data holds."""
+    """Plain-language verdict on the primary outcome that never claims more than the data holds.
+
+    Supported: p(ρ > 0) ≤ α. Against: p(ρ < 0) ≤ α (SI predicts the opposite), or the CI's upper
+    bound falls below the detectable ρ (a relation the design could detect is ruled out).
+    Otherwise not supported, and a weak test: the power statement says how weak.
+    """
     n_sets = len(result["sets"])
-    acc = result["correlations"]["accuracy_gain"]
+    primary = result["primary"]
+    what = _describe_primary(primary)
     lines = []
     if n_sets < MIN_SETS_FOR_CLAIM or n_seeds < MIN_SEEDS_FOR_CLAIM:
         lines.append(
             f"Inconclusive by design: {n_sets} set(s) × {n_seeds} seed(s) cannot support or refute the claim "
             f"(at least {MIN_SETS_FOR_CLAIM} sets and {MIN_SEEDS_FOR_CLAIM} seeds are needed for a rank correlation "
             "with a meaningful CI). The numbers below are descriptive only.")
-    elif acc["rho"] is None:
-        lines.append("Inconclusive: the outcomes did not vary across sets, so no correlation can be computed.")
-    elif _ci_excludes_zero(acc["ci"]) and acc["rho"] > 0:
-        lines.append(f"Supported: higher SI went with larger accuracy gains (Spearman ρ = {acc['rho']:.2f}, "
-                     f"95 % CI [{acc['ci'][0]:.2f}, {acc['ci'][1]:.2f}], {n_sets} sets).")
+    elif primary["rho"] is None:
+        lines.append(f"Inconclusive: the {what} did not vary across sets, so no correlation can be computed.")
     else:
-        ci = f"[{acc['ci'][0]:.2f}, {acc['ci'][1]:.2f}]" if acc["ci"] else "undefined"
-        lines.append(f"Not supported by this data: Spearman ρ(SI, accuracy gain) = {acc['rho']:.2f}, 95 % CI {ci}.")
+        rho, p, p_less, ci = primary["rho"], primary["p_value"], primary["p_value_less"], primary["ci"]
+        ci_text = f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "undefined"
+        stats_text = f"Spearman ρ(SI, {what}) = {rho:.2f}, 95 % CI {ci_text}, one-sided p = {p:.3g}, {n_sets} sets"
+        detectable = primary["detectable_rho"]
+        if p <= primary["alpha"]:
+            lines.append(f"Supported: higher SI went with a larger {what} ({stats_text}).")
+        elif p_less <= primary["alpha"]:
+            lines.append(f"Against the claim: higher SI went with a smaller {what} ({stats_text}; p(ρ < 0) = {p_less:.3g}).")
+        elif ci and detectable is not None and ci[1] < detectable:
+            lines.append(f"Not supported, and evidence against a strong relation: {stats_text}; the CI excludes the "
+                         f"ρ ≥ {detectable:.2f} this design could detect.")
+        else:
+            lines.append(f"Not supported by this data, and a weak test: {stats_text}.")
     clear = [a for a in result["ablation"] if _ci_excludes_zero(a["delta_ci"])]
-    lines.append(f"ENIGMA vs GRPO-only: {len(clear)} of {len(result['ablation'])} set/seed pairs show an accuracy "
-                 "difference whose 95 % CI excludes 0" + (
+    lines.append(f"ENIGMA vs GRPO-only on held-out accuracy: {len(clear)} of {len(result['ablation'])} set/seed pairs "
+                 "show a difference whose 95 % CI excludes 0" + (
                      " (" + ", ".join(f"{a['set']}: Δ = {a['delta']:+.2f}" for a in clear) + ")." if clear else "."))
     return " ".join(lines)
+
+
+def _ci_excludes_zero(ci: list[float] | None) -> bool:
+    return ci is not None and (ci[0] > 0 or ci[1] < 0)
 
 
 # ------------------------------------------------------------------------------------ report
@@ -162,19 +244,32 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 
 def _tables(result: dict[str, Any]) -> list[Table]:
-    runs = [(r["name"], _fmt(r["si"]), _fmt(r["accuracy"]), f"{_fmt(r['accuracy_gain'])} {_fmt(r['accuracy_gain_ci'])}",
-             _fmt(r["adherence_gain"]), _fmt(r["reward_volatility"])) for r in result["runs"]]
+    runs = [(r["name"], _fmt(r["si"]), _fmt(r["adherence_gain"]), _fmt(r["graded_format_gain"]),
+             f"{_fmt(r['accuracy_gain'])} {_fmt(r['accuracy_gain_ci'])}", _fmt(r["reward_volatility"]),
+             _fmt(r["kl_drift"], 4), _fmt(r["sinkhorn_drift"], 4)) for r in result["runs"]]
+    per_set = [(name, _fmt(result["si"][name]),
+                *(_fmt(result["per_set"][name][key][c]) for key in ("adherence_gain", "graded_format_gain")
+                  for c in CONTRASTS)) for name in result["sets"]]
     ablation = [(a["set"], str(a["seed"]), _fmt(a["enigma_accuracy"]), _fmt(a["grpo_accuracy"]),
-                 f"{_fmt(a['delta'])} {_fmt(a['delta_ci'])}", fmt_p(a["p_value"], a.get("p_at_floor"))) for a in result["ablation"]]
-    corr = [(OUTCOMES[k], _fmt(v["rho"]), _fmt(v["ci"]), str(v["n"])) for k, v in result["correlations"].items()]
+                 f"{_fmt(a['delta'])} {_fmt(a['delta_ci'])}", fmt_p(a["p_value"], a.get("p_at_floor")),
+                 _fmt(a.get("graded_format_delta"))) for a in result["ablation"]]
+    primary = (result["primary"]["outcome"], result["primary"]["contrast"])
+    corr = [(OUTCOMES[k].split(":")[0] + (" (primary)" if (k, c) == primary else ""),
+             {"difference": "ENIGMA − GRPO", "enigma": "ENIGMA", "grpo": "GRPO"}[c], _fmt(v["rho"]), _fmt(v["ci"]),
+             _fmt(v.get("p_value")), str(v["n"]))
+            for k, by_contrast in result["correlations"].items() for c, v in by_contrast.items() if c != "grpo"]
     return [
-        Table("Runs", ("run", "SI of its set", "accuracy", "gain vs base [95 % CI]", "adherence gain",
-                       "reward volatility"), tuple(runs), (False, True, True, True, True, True)),
-        Table("Ablation: ENIGMA − GRPO-only (paired on items)",
-              ("set", "seed", "enigma acc.", "grpo acc.", "Δ [95 % CI]", "p"), tuple(ablation),
-              (False, True, True, True, True, True)),
-        Table("SI vs outcome across sets (Spearman ρ, bootstrap over sets)", ("outcome", "ρ", "95 % CI", "sets"),
-              tuple(corr), (False, True, True, True)),
+        Table("Runs (gains: trained − base, held-out prompts)",
+              ("run", "SI of its set", "adherence gain", "graded-format gain", "accuracy gain [95 % CI]",
+               "reward volatility", "KL drift", "Sinkhorn drift"), tuple(runs), (False, *[True] * 7)),
+        Table("Per set: mean over seeds of ENIGMA, GRPO-only and ENIGMA − GRPO",
+              ("set", "SI", "adherence: ENIGMA", "GRPO", "ENIGMA − GRPO", "graded format: ENIGMA", "GRPO",
+               "ENIGMA − GRPO"), tuple(per_set), (False, *[True] * 7)),
+        Table("SI vs outcome across sets (Spearman ρ, bootstrap CI over sets, one-sided permutation p for ρ > 0)",
+              ("outcome", "contrast", "ρ", "95 % CI", "p", "sets"), tuple(corr), (False, False, True, True, True, True)),
+        Table("Ablation: ENIGMA − GRPO-only on held-out items (paired)",
+              ("set", "seed", "enigma acc.", "grpo acc.", "Δ acc. [95 % CI]", "p", "Δ graded format"), tuple(ablation),
+              (False, True, True, True, True, True, True)),
     ]
 
 
@@ -189,9 +284,10 @@ def write_confirm_report(result: dict[str, Any], runs: list[dict[str, Any]], out
     page = Page(
         title="Confirmation run",
         sections=(
-            Section("Verdict", "verdict", (Paragraph(result["verdict"]),
-                                           Paragraph(f"Base model accuracy {_fmt(result['base']['accuracy'])}, format "
-                                                     f"rate {_fmt(result['base']['format_rate'])}."))),
+            Section("Verdict", "verdict", (Paragraph(result["verdict"]), Paragraph(result["power_statement"]),
+                                           Paragraph(f"Base model: held-out accuracy {_fmt(result['base']['accuracy'])}, "
+                                                     f"strict format rate {_fmt(result['base']['format_rate'])}, graded "
+                                                     f"format {_fmt(result['base']['graded_format_mean'])}."))),
             *(Section(t.caption, f"table-{n}", (t,)) for n, t in enumerate(_tables(result), start=1)),
             Section("Training curves", "curves", (curves,)),
             Section("Geometry", "geometry", tuple(geometry) or (Paragraph("No geometry was computed."),)),

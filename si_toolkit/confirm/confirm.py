@@ -19,6 +19,7 @@ so a killed run resumes):
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,12 +34,19 @@ from si_toolkit.safeio import atomic_write_json, atomic_write_text
 __all__ = ["ConfirmConfig", "CONFIRM_PROFILES", "run_confirm", "select_sets"]
 
 Log = Callable[[str], None]
+ALL_SETS = 10**6  # --top value meaning "every set given" (select_sets caps it at the number of sets)
 
 # Sizes per profile. `quick` runs end to end on 2 CPU cores in well under 30 minutes and
-# cannot support a claim (two sets, one seed, few steps); `standard` is for a GPU host
-# (expected: a few GPU-hours for 4 sets x 3 seeds on a 1B model).
+# cannot support a claim (two sets, one seed, few steps); `cpu` is the largest design that
+# finishes in under 2 hours on 2 CPU cores (every set given, 2 seeds; the calculation from
+# measured step times is in docs/evaluation.md); `standard` is for a GPU host (a few GPU-hours
+# for 4 sets x 3 seeds on a 1B model).
+# "design" sets the defaults of --top/--bottom/--seeds ("all": every set given is trained);
+# "primary" is the (outcome, contrast) the verdict tests (analysis.OUTCOMES, analysis.CONTRASTS).
 CONFIRM_PROFILES: dict[str, dict[str, Any]] = {
     "quick": {
+        "design": {"top": 1, "bottom": 1, "seeds": 1},
+        "primary": ("adherence_gain", "difference"),
         "rank": {"profile": "quick", "n_prompts": 10, "max_new_tokens": 40},
         "train": {"max_steps": 6, "prompts_per_step": 2, "max_completion_length": 40, "learning_rate": 2e-5,
                   "monitor_off_terms": False},
@@ -46,7 +54,22 @@ CONFIRM_PROFILES: dict[str, dict[str, Any]] = {
         "adherence": {"n_prompts": 6, "max_new_tokens": 32},
         "geometry": {"n_prompts": 6},
     },
+    "cpu": {
+        "design": {"top": "all", "bottom": 0, "seeds": 2},
+        "primary": ("adherence_gain", "difference"),
+        "rank": {"profile": "quick", "n_prompts": 16, "max_new_tokens": 48},
+        # grpo runs log the SAMI and Sinkhorn terms without training on them, so KL and
+        # Sinkhorn drift compare like with like; only the final checkpoint is kept, model-only.
+        "train": {"max_steps": 14, "prompts_per_step": 1, "max_completion_length": 64, "learning_rate": 3e-5,
+                  "warmup_steps": 2, "monitor_off_terms": True, "save_every": 0, "save_final_optimizer": False,
+                  "tensorboard": False},
+        "eval": {"max_new_tokens": 96, "batch_size": 24},
+        "adherence": {"n_prompts": 16, "max_new_tokens": 48},
+        "geometry": {"n_prompts": 6},
+    },
     "standard": {
+        "design": {"top": 2, "bottom": 2, "seeds": 3},
+        "primary": ("accuracy_gain", "enigma"),
         "rank": {"profile": "standard"},
         "train": {"max_steps": 200, "prompts_per_step": 8, "max_completion_length": 256, "learning_rate": 1e-6},
         "eval": {"max_new_tokens": 256},
@@ -61,15 +84,20 @@ class ConfirmConfig:
     """What `si confirm` runs (recorded in confirm.json)."""
 
     model: str = field(default="embedded", metadata={"help": "Base model to rank with and train."})
-    profile: str = field(default="quick", metadata={"help": "quick (CPU minutes) or standard (GPU host)."})
-    top: int = field(default=1, metadata={"help": "How many of the highest-SI sets to train."})
-    bottom: int = field(default=1, metadata={"help": "How many of the lowest-SI sets to train."})
-    seeds: int = field(default=1, metadata={"help": "Training seeds per set and preset."})
+    profile: str = field(default="quick", metadata={"help": "quick (CPU smoke test), cpu (CPU, < 2 h) or standard (GPU host)."})
+    top: int | None = field(default=None, metadata={"help": "How many of the highest-SI sets to train (default: the profile's)."})
+    bottom: int | None = field(default=None, metadata={"help": "How many of the lowest-SI sets to train (default: the profile's)."})
+    seeds: int | None = field(default=None, metadata={"help": "Training seeds per set and preset (default: the profile's)."})
     ranking: str | None = field(default=None, metadata={"help": "Reuse this ranking run folder instead of ranking."})
 
     def __post_init__(self) -> None:
         if self.profile not in CONFIRM_PROFILES:
             raise SIError(f"--profile {self.profile!r}: use one of {list(CONFIRM_PROFILES)}")
+        design = CONFIRM_PROFILES[self.profile]["design"]
+        for name in ("top", "bottom", "seeds"):  # the profile fills what the user left out
+            if getattr(self, name) is None:
+                value = design[name]
+                object.__setattr__(self, name, ALL_SETS if value == "all" else value)
         if self.top < 0 or self.bottom < 0 or self.top + self.bottom < 1:
             raise SIError(f"--top {self.top} --bottom {self.bottom}: need top + bottom >= 1, both >= 0")
         if self.seeds < 1:
@@ -100,7 +128,7 @@ def run_confirm(files: list[Path], config: ConfirmConfig, out: Path, *, log: Log
     adherence = _adherence(config, sets, chosen, runs, sizes, heldout_file, out, log)
     geometry = {name: _geometry(config.model, next(r for r in runs if r["set"] == name and r["preset"] == "enigma"),
                                 sets[name], sizes, out, log) for name in chosen}
-    result = analyse(config, estimates, chosen, runs, evals, adherence, geometry)
+    result = analyse(config, estimates, chosen, runs, evals, adherence, geometry, primary=sizes["primary"])
     result["seconds"] = round(time.monotonic() - start, 1)
     atomic_write_json(out / "confirm.json", result)
     write_confirm_report(result, runs, out)
@@ -137,6 +165,7 @@ def _rank(files: list[Path], config: ConfirmConfig, sizes: dict[str, Any], out: 
 def _train(principle_set: PrincipleSet, preset: str, seed: int, config: ConfirmConfig, sizes: dict[str, Any],
            train_file: Path, out: Path, log: Log) -> dict[str, Any]:
     from si_toolkit.confirm.steadiness import read_metrics, steadiness
+    from si_toolkit.train.checkpoint import latest_checkpoint
     from si_toolkit.train.config import load_train_config
     from si_toolkit.train.trainer import train
 
@@ -150,7 +179,9 @@ def _train(principle_set: PrincipleSet, preset: str, seed: int, config: ConfirmC
     final = folder / f"checkpoint-{overrides['max_steps']}"
     if not (final / "config.json").is_file():
         log(f"train: {name}")
-        train(load_train_config(None, overrides), principle_set, folder, resume=(folder / "metrics.jsonl").is_file())
+        if folder.exists() and latest_checkpoint(folder) is None:
+            shutil.rmtree(folder)  # killed before its first checkpoint: nothing to resume, start clean
+        train(load_train_config(None, overrides), principle_set, folder, resume=folder.exists())
     rows = read_metrics(folder / "metrics.jsonl")
     return {"name": name, "set": principle_set.name, "preset": preset, "seed": seed, "checkpoint": str(final),
             "folder": str(folder), "steadiness": steadiness(rows).to_dict(), "rows": rows}

@@ -39,7 +39,7 @@ from si_toolkit.errors import SIError
 from si_toolkit.estimators import bootstrap_mean_ci, paired_comparison
 from si_toolkit.prompts import Prompt, PromptSet, load_prompts
 from si_toolkit.safeio import atomic_write_json, atomic_write_text
-from si_toolkit.train.rewards import ANSWER_OPEN, answer_text, correctness_reward, extract_number
+from si_toolkit.train.rewards import ANSWER_OPEN, answer_text, correctness_reward, extract_number, graded_format_reward
 
 __all__ = [
     "DEFAULT_SYSTEM",
@@ -65,7 +65,10 @@ COMPARISON_SCHEMA = "si-toolkit/eval-comparison/v1"
 HELDOUT_FRACTION = 1.0 / 3.0
 _SPLIT_SALT = b"si-toolkit/heldout-split/v1\x00"  # changing it re-draws every split: never do
 DEFAULT_SYSTEM = "You are a helpful assistant."
-ITEM_METRICS = ("correct", "correct_lenient", "format_ok")  # per-item 0/1 values that are compared
+ITEM_METRICS = ("correct", "correct_lenient", "format_ok", "graded_format")  # per-item values that are compared
+# What each per-item metric is called in summary.json (the mean over items).
+SUMMARY_NAMES = {"correct": "accuracy", "correct_lenient": "accuracy_lenient", "format_ok": "format_rate",
+                 "graded_format": "graded_format_mean"}
 Progress = Callable[[int], None]
 
 
@@ -167,7 +170,8 @@ def score_response(text: str, reference: str, *, prefill: bool = True) -> dict[s
     Returns ``answer`` (`answer_text`: content of the last <answer> block, or None),
     ``predicted`` (`extract_number` of it, or None), ``correct`` (`correctness_reward` == 1),
     ``correct_lenient`` (the same match, reading the whole response when it has no <answer>
-    tag) and ``format_ok`` (`is_exact_format`).
+    tag), ``format_ok`` (`is_exact_format`) and ``graded_format`` (the trainer's partial-credit
+    format reward, `graded_format_reward`, in [0, 1]: it moves before the exact format does).
     """
     answer = answer_text(text)
     predicted = extract_number(answer) if answer is not None else None
@@ -178,6 +182,7 @@ def score_response(text: str, reference: str, *, prefill: bool = True) -> dict[s
         "correct": correctness_reward(text, reference) == 1.0,
         "correct_lenient": correctness_reward(lenient_text, reference) == 1.0,
         "format_ok": is_exact_format(text, prefill=prefill),
+        "graded_format": graded_format_reward(text, prefill=prefill),
     }
 
 
@@ -189,7 +194,7 @@ def summarize_items(items: Sequence[dict[str, Any]], *, n_resamples: int = 2000,
     for metric in ITEM_METRICS:
         values = np.array([float(item[metric]) for item in items])
         ci = bootstrap_mean_ci(values, n_resamples=n_resamples, seed=seed)
-        name = "accuracy" if metric == "correct" else "accuracy_lenient" if metric == "correct_lenient" else "format_rate"
+        name = SUMMARY_NAMES[metric]
         out[name] = float(values.mean())
         out[f"{name}_ci"] = None if ci.low is None else [ci.low, ci.high]
     out["mean_tokens"] = float(np.mean([item["n_tokens"] for item in items]))
@@ -286,6 +291,9 @@ def read_items(path: Path) -> list[dict[str, Any]]:
             row = json.loads(line)
         except json.JSONDecodeError as err:
             raise SIError(f"{path}: line {lineno}: malformed JSON ({err.msg}); rerun `si eval` to rewrite it") from None
+        if isinstance(row, dict) and "graded_format" not in row and isinstance(row.get("response"), str):
+            # files written before the graded metric existed: it is a function of the stored response
+            row["graded_format"] = graded_format_reward(row["response"], prefill=bool(row.get("prefill", True)))
         missing = [k for k in ("id", "reference", *ITEM_METRICS) if not isinstance(row, dict) or k not in row]
         if missing:
             raise SIError(f"{path}: line {lineno}: missing field(s) {missing}; this is not an `si eval` items.jsonl")
@@ -299,7 +307,7 @@ def compare_items(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]], *, n
                   seed: int = 0) -> dict[str, Any]:
     """Paired comparison of two checkpoints on the same items: A − B for each per-item metric.
 
-    For metric m ∈ {correct, correct_lenient, format_ok} and item x, d(x) = m_A(x) − m_B(x);
+    For metric m ∈ ITEM_METRICS and item x, d(x) = m_A(x) − m_B(x);
     ``delta`` = mean_x d(x) with a paired bootstrap CI and two-sided p-value
     (`estimators.paired_comparison`), plus the 2×2 agreement counts. Items are matched by id;
     both sides must hold the same ids with the same reference answers.
@@ -318,10 +326,13 @@ def compare_items(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]], *, n
         va = np.array([float(by_a[i][metric]) for i in ids])
         vb = np.array([float(by_b[i][metric]) for i in ids])
         result = paired_comparison(va, vb, n_resamples=n_resamples, seed=seed)
+        binary = bool(np.all(np.isin(va, (0.0, 1.0))) and np.all(np.isin(vb, (0.0, 1.0))))
+        counts = {"both": int(np.sum((va == 1) & (vb == 1))), "only_a": int(np.sum((va == 1) & (vb == 0))),
+                  "only_b": int(np.sum((va == 0) & (vb == 1))), "neither": int(np.sum((va == 0) & (vb == 0)))}
         out["metrics"][metric] = {
             "a": float(va.mean()), "b": float(vb.mean()), "delta": result.delta,
             "delta_ci": result.ci.to_list(), "p_value": result.p_value, "p_at_floor": result.p_at_floor,
-            "both": int(np.sum((va == 1) & (vb == 1))), "only_a": int(np.sum((va == 1) & (vb == 0))),
-            "only_b": int(np.sum((va == 0) & (vb == 1))), "neither": int(np.sum((va == 0) & (vb == 0))),
+            # the 2×2 agreement counts mean something only for 0/1 metrics (graded_format is in [0, 1])
+            **(counts if binary else dict.fromkeys(counts)),
         }
     return out

@@ -46,6 +46,9 @@ from si_toolkit.estimators._correlation import (
     UNRELIABLE,
     SplitHalfReliability,
     describe_reliability,
+    detectable_spearman,
+    spearman_permutation_p,
+    spearman_power,
     spearman_with_ci,
     split_half_reliability,
 )
@@ -81,6 +84,7 @@ __all__ = [
     "cot_share",
     "critic_scores",
     "describe_reliability",
+    "detectable_spearman",
     "identification_credit",
     "identification_hits",
     "log_posterior",
@@ -100,6 +104,8 @@ __all__ = [
     "restrict_variants",
     "seed_fidelity_per_prompt",
     "si_per_prompt",
+    "spearman_permutation_p",
+    "spearman_power",
     "spearman_with_ci",
     "split_half_reliability",
 ]

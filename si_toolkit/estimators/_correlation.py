@@ -122,3 +122,111 @@ def describe_reliability(rel: SplitHalfReliability) -> str:
     return (f"With {rel.n_prompts} prompts the ordering is {words[rel.level]}: ρ_SB = {rel.rho_sb:.2f} "
             f"(split-half Spearman ρ = {rel.rho:.2f} over {rel.n_splits} splits; ρ_SB ≥ {RELIABLE:g} "
             f"reads as reliable, < {UNRELIABLE:g} as unreliable).")
+
+
+# --------------------------------------------------------------------------------- testing a ρ
+
+EXACT_PERMUTATION_MAX_N = 8  # 8! = 40 320 orderings: enumerate them; above, sample
+DEFAULT_N_PERMUTATIONS = 20_000
+
+
+def _rank_rows(values: FloatArray) -> FloatArray:
+    """Average ranks along the last axis (ties share their mean rank, as scipy's spearmanr)."""
+    return np.asarray(stats.rankdata(values, axis=-1), dtype=np.float64)
+
+
+def _pearson_rows(a: FloatArray, b: FloatArray) -> FloatArray:
+    """Pearson r of a (…, m) against b (…, m), row by row (NaN where a row is constant)."""
+    a = a - a.mean(axis=-1, keepdims=True)
+    b = b - b.mean(axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.asarray((a * b).sum(-1) / np.sqrt((a * a).sum(-1) * (b * b).sum(-1)), dtype=np.float64)
+
+
+def _null_orderings(m: int, n_permutations: int, seed: int) -> FloatArray:
+    """Orderings of m units for the permutation null: all m! of them when m is small, else a sample."""
+    if m <= EXACT_PERMUTATION_MAX_N:
+        import itertools
+
+        return np.asarray(list(itertools.permutations(range(m))), dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    return np.argsort(rng.random((n_permutations, m)), axis=1)
+
+
+def spearman_permutation_p(x: FloatArray, y: FloatArray, *, alternative: str = "greater",
+                           n_permutations: int = DEFAULT_N_PERMUTATIONS, seed: int = 0) -> float | None:
+    """Permutation p-value of Spearman ρ(x, y) under H0: y's ranks are exchangeable across units.
+
+        p = #{orderings π : ρ(x, y_π) ≥ ρ(x, y)} / #orderings          (alternative "greater")
+
+    Exact (all m! orderings) for m ≤ 8 units, Monte Carlo with the observed ordering counted
+    otherwise (p ≥ 1/(n_permutations + 1)). "less" flips the inequality; "two-sided" compares
+    |ρ|. None where ρ is undefined (fewer than 3 finite pairs, or a constant x or y).
+    """
+    if alternative not in ("greater", "less", "two-sided"):
+        raise SIError(f"alternative={alternative!r}: use 'greater', 'less' or 'two-sided'")
+    xa, ya = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    ok = np.isfinite(xa) & np.isfinite(ya)
+    xa, ya = xa[ok], ya[ok]
+    if len(xa) < 3 or np.ptp(xa) == 0 or np.ptp(ya) == 0:
+        return None
+    rx, ry = _rank_rows(xa), _rank_rows(ya)
+    observed = float(_pearson_rows(rx, ry))
+    orderings = _null_orderings(len(xa), n_permutations, seed)
+    null = _pearson_rows(rx[None, :], ry[orderings])
+    tol = 1e-12  # ties in ρ between orderings count as "as extreme"
+    if alternative == "greater":
+        hits = int(np.sum(null >= observed - tol))
+    elif alternative == "less":
+        hits = int(np.sum(null <= observed + tol))
+    else:
+        hits = int(np.sum(np.abs(null) >= abs(observed) - tol))
+    if len(xa) <= EXACT_PERMUTATION_MAX_N:
+        return hits / len(orderings)
+    return (hits + 1) / (len(orderings) + 1)
+
+
+def spearman_power(m: int, rho: float, *, alpha: float = 0.05, n_sim: int = 20_000, seed: int = 0) -> float:
+    """Power of the one-sided permutation Spearman test at level α with m units, by simulation.
+
+    Units are drawn from a bivariate normal with correlation `rho` (the population correlation
+    between x and the observed outcome, measurement noise included); power is the share of
+    simulated samples whose ρ exceeds the test's critical value (the (1 − α) quantile of the
+    permutation null, which for continuous data does not depend on the sample).
+    """
+    if m < 3:
+        return 0.0
+    orderings = _null_orderings(m, DEFAULT_N_PERMUTATIONS, seed)
+    base = np.arange(m, dtype=np.float64)
+    null = _pearson_rows(base[None, :], orderings.astype(np.float64))
+    # critical value: the smallest attainable ρ whose permutation p-value is ≤ α
+    levels = np.unique(np.round(null, 12))
+    p_of_level = np.array([np.mean(null >= level - 1e-12) for level in levels])
+    significant = levels[p_of_level <= alpha]
+    if not len(significant):
+        return 0.0
+    critical = float(significant[0])
+    rng = np.random.default_rng(seed + 1)
+    z1 = rng.standard_normal((n_sim, m))
+    z2 = rho * z1 + np.sqrt(max(0.0, 1.0 - rho * rho)) * rng.standard_normal((n_sim, m))
+    simulated = _pearson_rows(_rank_rows(z1), _rank_rows(z2))
+    return float(np.mean(simulated >= critical - 1e-12))
+
+
+def detectable_spearman(m: int, *, alpha: float = 0.05, power: float = 0.8, n_sim: int = 20_000,
+                        seed: int = 0) -> float | None:
+    """Smallest population correlation the one-sided Spearman test detects with the given power.
+
+    Bisection on `spearman_power` over ρ ∈ [0, 1] to 0.01. None when even ρ → 1 falls short
+    (too few units: with m units the smallest exact p-value is 1/m!).
+    """
+    if spearman_power(m, 0.999, alpha=alpha, n_sim=n_sim, seed=seed) < power:
+        return None
+    low, high = 0.0, 0.999
+    while high - low > 0.005:
+        mid = (low + high) / 2
+        if spearman_power(m, mid, alpha=alpha, n_sim=n_sim, seed=seed) >= power:
+            high = mid
+        else:
+            low = mid
+    return round(high, 2)
