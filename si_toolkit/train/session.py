@@ -25,6 +25,7 @@ import torch
 
 from si_toolkit.backends.base import SamplingConfig
 from si_toolkit.backends.hf import HFBackend
+from si_toolkit.train.colocate import open_rollout_engine, push_weights
 from si_toolkit.errors import SIError
 from si_toolkit.models import ResolvedModel, load_causal_lm, resolve_model
 from si_toolkit.principles import PrincipleSet
@@ -51,6 +52,7 @@ class Session:
     out_dir: Path
     principle_set: PrincipleSet
     backend: HFBackend
+    rollout: Any  # the Backend that samples the rollouts: `backend` itself, or a colocated vLLM engine
     policy: Any  # unwrapped policy (transformers or PEFT model), FSDP-sharded under parallelism=fsdp
     model: Any  # what the loss forward calls: DDP(PairModel(policy)) under torchrun with ddp, else the policy
     reference: Any | None  # frozen initial weights; None when unused or with LoRA
@@ -269,6 +271,10 @@ def open_session(config: TrainConfig, principle_set: PrincipleSet, out_dir: Path
     metrics.truncate_after(start_step)
     sampling = SamplingConfig(max_new_tokens=config.max_completion_length, temperature=config.temperature,
                               top_p=config.top_p, top_k=0, replicates=1, seed=config.seed)
+    rollout = backend
+    if config.rollout_backend == "vllm":
+        rollout = open_rollout_engine(config, backend, ctx)
+        push_weights(rollout, backend.model)  # a resumed or LoRA policy differs from the files it started from
     return Session(config=config, ctx=ctx, out_dir=out_dir, principle_set=principle_set, backend=backend,
-                   policy=policy, model=model, reference=reference, optimizer=optimizer, prompts=prompts,
+                   rollout=rollout, policy=policy, model=model, reference=reference, optimizer=optimizer, prompts=prompts,
                    eval_prompts=eval_prompts, sampling=sampling, metrics=metrics, start_step=start_step)

@@ -168,10 +168,12 @@ def _grpo_term(config: TrainConfig, out: ForwardOutput, mb: MicroBatch, n: int, 
     truncated = None
     if config.mask_truncated_completions:
         truncated = torch.tensor([r.finish_reason == "length" for g in mb.groups for r in g.rollouts], device=logp.device)
+    weight = _rollout_correction(config, mb, old, mask, stats)
     loss, info = losses.grpo_loss(
         logp, old, mb.advantages, mask, epsilon=config.epsilon, epsilon_high=config.epsilon_high,
         importance_level=config.importance_level, loss_type=config.loss_type,
         max_completion_length=config.max_completion_length, ref_logp=ref_logp, beta=config.beta, truncated=truncated,
+        per_token_weight=weight,
     )
     stats.add("loss_grpo", float(loss.detach()), mb.weights["grpo"])
     for key, value in info.items():
@@ -179,6 +181,25 @@ def _grpo_term(config: TrainConfig, out: ForwardOutput, mb: MicroBatch, n: int, 
     if out.entropy is not None:
         stats.add("entropy", float(out.entropy[:n][mask].mean()), mb.n_tokens)
     return loss
+
+
+def _rollout_correction(config: TrainConfig, mb: MicroBatch, old: Tensor, mask: Tensor, stats: StatSums) -> Tensor | None:
+    """The importance weights for rollouts from another sampler (vLLM), and its mismatch statistics.
+
+    None when the sampler reported no log-probs (rollout_backend=hf: the policy sampled itself)
+    or the correction is off; the mismatch is logged whenever the log-probs are there.
+    """
+    rollouts = [r for g in mb.groups for r in g.rollouts]
+    if not rollouts or any(r.sampling_logp is None for r in rollouts):
+        return None
+    sampling = torch.zeros_like(old)
+    for row, r in enumerate(rollouts):
+        sampling[row, : len(r.sampling_logp)] = torch.tensor(r.sampling_logp, dtype=old.dtype)
+    weights, info = losses.rollout_correction_weights(old, sampling, mask, mode=config.vllm_importance_sampling_mode,
+                                                      cap=config.vllm_importance_sampling_cap)
+    for key, value in info.items():
+        stats.add(key, value, mb.n_tokens)
+    return weights if config.vllm_importance_sampling_correction else None
 
 
 def _stack_rows(a: Tensor, b: Tensor) -> Tensor:

@@ -43,6 +43,7 @@ from si_toolkit.train.distributed import DistContext, all_gather_rows, all_reduc
 from si_toolkit.train.forward import forward_pairs, span_mask, span_sums
 from si_toolkit.train.metrics import StatSums, health_warnings, rollout_stats
 from si_toolkit.train.rewards import compute_rewards, reward_terms
+from si_toolkit.train.colocate import push_weights
 from si_toolkit.train.rollout import Group, group_seed, rollout_groups, step_prompt_indices
 from si_toolkit.train.session import Session, open_session
 from si_toolkit.train.sharding import optimizer_state, sync_generation_copy
@@ -113,6 +114,8 @@ def train(config: TrainConfig, principle_set: PrincipleSet, out_dir: Path, *, re
                 checkpoint = _checkpoint(session, step, optimizer=resumable)
     finally:
         session.metrics.close()
+        if session.rollout is not session.backend:
+            session.rollout.close()  # the colocated engine's memory goes back to the caller
     return TrainResult(out_dir=out_dir, last_step=max(session.start_step, config.max_steps),
                        checkpoint=checkpoint, rows=session.rows)
 
@@ -142,6 +145,10 @@ def train_step(s: Session, step: int, reward_fn: RewardHook | None = None) -> di
                     finite = finite and bool(torch.isfinite(loss.detach()))
                     loss.backward()
             stats.add("grad_norm", _clip_and_step(s, step, finite), 1.0)
+    if s.rollout is not s.backend:  # a colocated engine samples the next step from the new weights
+        sync_start = time.perf_counter()
+        push_weights(s.rollout, s.current)
+        stats.add("weight_sync_time", time.perf_counter() - sync_start, 1.0)
     row.update(stats.reduce(s.ctx))
     row["loss"] = row["loss_grpo"] + c.sami_weight * row.get("loss_sami", 0.0) + c.ot_weight * row.get("sinkhorn", 0.0)
     row["step_time"] = time.perf_counter() - start
@@ -157,7 +164,7 @@ def _generate(s: Session, step: int) -> list[Group]:
     texts = [v.text for v in s.principle_set.variants]
     mine = [(position, s.prompts.prompts[index]) for position, index in enumerate(indices)
             if position % s.ctx.world_size == s.ctx.rank]
-    return rollout_groups(s.backend, s.tokenizer, mine, texts, num_generations=c.num_generations,
+    return rollout_groups(s.rollout, s.tokenizer, mine, texts, num_generations=c.num_generations,
                           sampling=s.sampling, prefill=c.prefill, seed=c.seed, step=step)
 
 
@@ -280,7 +287,7 @@ def evaluate(s: Session, step: int, reward_fn: RewardHook | None = None) -> dict
     texts = [v.text for v in s.principle_set.variants]
     mine = [(position, prompt) for position, prompt in enumerate(s.eval_prompts.prompts)
             if position % s.ctx.world_size == s.ctx.rank]
-    groups = rollout_groups(s.backend, s.tokenizer, mine, texts, num_generations=c.num_generations,
+    groups = rollout_groups(s.rollout, s.tokenizer, mine, texts, num_generations=c.num_generations,
                             sampling=s.sampling, prefill=c.prefill, seed=c.seed, step=0)
     for group in groups:
         rewards = _rewards(s, [group], reward_fn)

@@ -10,6 +10,8 @@ splits by term into private modules and re-exports their public names below:
 - `_grpo`: `group_advantages` (group-relative advantages, TRL semantics) and `grpo_loss`
   (clipped surrogate, token- or sequence-level importance weights, optional k3 KL, the
   `grpo` / `dr_grpo` / `dapo` aggregations of TRL's `GRPOTrainer._compute_loss`).
+- `_correction`: `rollout_correction_weights`, the truncated importance weights that correct
+  for rollouts sampled by another engine (vLLM), with TRL's four capping modes.
 - `_sami`: `sami_loss`, `batched_sami_loss`: SAMI's symmetric InfoNCE over the K×K matrix of
   one prompt (Fränken et al. 2024, arXiv:2404.14313).
 - `_sinkhorn`: `sinkhorn_penalty` (debiased entropic Sinkhorn divergence between hidden-state
@@ -17,7 +19,7 @@ splits by term into private modules and re-exports their public names below:
   imported on first use) and `pool_hidden_states` (masked mean pooling).
 
 Named variants (house rule 7) live in one registry per axis: `ADVANTAGE_SCALES`,
-`IMPORTANCE_LEVELS`, `LOSS_AGGREGATIONS` and `SAMI_CRITICS`. Adding a variant means one
+`IMPORTANCE_LEVELS`, `LOSS_AGGREGATIONS`, `ROLLOUT_CORRECTIONS` and `SAMI_CRITICS`. Adding a variant means one
 function, one registry entry and one test parameter. Units are nats throughout.
 """
 
@@ -32,10 +34,14 @@ from si_toolkit.train.losses._grpo import (
     group_advantages,
     grpo_loss,
 )
+from si_toolkit.train.losses._correction import ROLLOUT_CORRECTIONS, RolloutCorrection, rollout_correction_weights
 from si_toolkit.train.losses._sami import SAMI_CRITICS, SamiCritic, batched_sami_loss, sami_loss
 from si_toolkit.train.losses._sinkhorn import pool_hidden_states, sinkhorn_penalty
 
 __all__ = [
+    "ROLLOUT_CORRECTIONS",
+    "RolloutCorrection",
+    "rollout_correction_weights",
     "ADVANTAGE_SCALES",
     "ADVANTAGE_STD_EPS",
     "IMPORTANCE_LEVELS",

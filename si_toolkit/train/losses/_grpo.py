@@ -172,6 +172,7 @@ def grpo_loss(
     ref_logp: Tensor | None = None,
     beta: float = 0.0,
     truncated: Tensor | None = None,
+    per_token_weight: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """The GRPO policy loss with the semantics of TRL's `GRPOTrainer._compute_loss`.
 
@@ -213,6 +214,9 @@ def grpo_loss(
         beta: weight of the KL penalty (TRL default 0: no reference model).
         truncated: (N,) bool, True for completions that hit the length limit without EOS; None
             keeps every completion.
+        per_token_weight: (N, T) no-grad weights multiplying ℓ_{i,t} (KL included) before the
+            aggregation, as TRL applies its vLLM importance-sampling correction
+            (`rollout_correction_weights`); None = 1.
 
     Returns:
         (loss, stats): a scalar tensor, and floats `clip_ratio_low` (fraction of active tokens
@@ -243,6 +247,8 @@ def grpo_loss(
         kl = torch.exp(delta) - delta - 1.0
         if beta != 0.0:
             per_token = per_token + beta * kl
+    if per_token_weight is not None:
+        per_token = per_token * per_token_weight.detach()
     loss = aggregate(per_token, maskf, n_max)
     return loss, _grpo_stats(ratio, adv, maskf, kl, eps_low, eps_high)
 
