@@ -161,16 +161,20 @@ class VLLMBackend:
         """Replace the engine's weights with these (transformers parameter names, any dtype) and
         drop the prefix cache, whose KV blocks the old weights computed.
 
-        The model's own `load_weights` maps transformers names onto vLLM's fused layers (q/k/v
-        into one projection, gate/up into one) and skips a tied lm_head. Needs in_process=True:
-        across processes every call would pickle the whole model.
+        Goes through the worker's `reload_weights` (vLLM's in-place reload for RL): it restores
+        each layer's loading layout, runs the model's own `load_weights` (transformers names onto
+        vLLM's fused q/k/v and gate/up projections, a tied lm_head skipped) and then the
+        post-load processing again. A plain `model.load_weights` is not enough where that
+        processing repacks the weights, as vLLM's CPU backend does (oneDNN handles, original
+        weights dropped). Needs in_process=True: across processes every call would pickle the
+        whole model.
         """
         if self.llm is None:
             raise RuntimeError("the vLLM backend was closed")
         if not self.in_process:
             raise RuntimeError("load_weights needs an engine started with in_process=True")
         weights = list(named_tensors)
-        self.llm.apply_model(lambda model: model.load_weights(weights))
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
         self.llm.reset_prefix_cache()
 
     # ------------------------------------------------------------------ sampling

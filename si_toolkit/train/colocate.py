@@ -4,7 +4,7 @@ With `rollout_backend: vllm` the training process holds a vLLM engine next to th
 engine samples every step's completions, and after every optimizer step the policy's weights
 are copied into it (`push_weights`), so each step samples from the weights being trained.
 
-- Weights go in by transformers parameter name through the engine model's own `load_weights`,
+- Weights go in by transformers parameter name through vLLM's in-place `reload_weights`,
   in the same process (no copy through pipes); the prefix cache is dropped after each push.
 - LoRA: the adapters are merged into the base weights for the copy and unmerged after, so
   the engine samples the adapted policy while the trainer keeps training the adapters.
