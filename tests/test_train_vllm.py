@@ -116,13 +116,17 @@ def test_after_a_step_and_a_sync_the_engine_scores_like_the_policy(prompts_file:
         assert row["weight_sync_time"] > 0
         prompt = render_prompt_ids(session.tokenizer, pair.variants[0].text, "What is 7 times 6?")
         gen = session.rollout.generate([prompt], SamplingConfig(max_new_tokens=12, replicates=1), seed=5)[0][0]
-        policy = forward_pairs(session.current, [(prompt, gen.token_ids)], pad_id=session.pad_id, temperature=1.0)
-        policy_logp = policy.logp[0, : len(gen.token_ids)].double().numpy()
-        assert np.max(np.abs(gen.logprobs - policy_logp)) < 2e-3
         base = load_causal_lm(resolve_model("embedded"), dtype="float32", device="cpu")
-        base_logp = forward_pairs(base, [(prompt, gen.token_ids)], pad_id=session.pad_id, temperature=1.0)
-        moved = np.max(np.abs(gen.logprobs - base_logp.logp[0, : len(gen.token_ids)].double().numpy()))
-        assert moved > 10 * np.max(np.abs(gen.logprobs - policy_logp))  # the sync carried the step's update
+        with torch.no_grad():
+            policy = forward_pairs(session.current, [(prompt, gen.token_ids)], pad_id=session.pad_id, temperature=1.0)
+            base_out = forward_pairs(base, [(prompt, gen.token_ids)], pad_id=session.pad_id, temperature=1.0)
+        policy_logp = policy.logp[0, : len(gen.token_ids)].double().numpy()
+        base_logp = base_out.logp[0, : len(gen.token_ids)].double().numpy()
+        mismatch, moved = np.max(np.abs(gen.logprobs - policy_logp)), np.max(np.abs(gen.logprobs - base_logp))
+        print(f"\n[sync] step mismatch {row['rollout_logp_diff_mean']:.2e}; engine vs policy {mismatch:.2e}, "
+              f"engine vs base {moved:.2e} nats")
+        assert mismatch < 2e-3
+        assert moved > 10 * mismatch  # the sync carried the step's update
     finally:
         session.rollout.close()
 
@@ -156,5 +160,9 @@ def test_three_steps_learn_the_toy_reward(rollout_backend: str, prompts_file: Pa
     after = _first_token_probs(trained, embedded_backend.tokenizer, questions, pair.variants[0].text)
     gain = [float(after[n, target[q]] - before[n, target[q]]) for n, q in enumerate(questions)]
     assert np.mean(gain) > 0.02, f"{rollout_backend}: the rewarded token's probability moved by {gain}"
+    print(f"\n[{rollout_backend}] gain of the rewarded token's probability {gain}; rewards "
+          f"{[round(row['reward_mean'], 3) for row in result.rows]}")
     if rollout_backend == "vllm":
+        mismatch = [float(f"{row['rollout_logp_diff_mean']:.1e}") for row in result.rows]
+        print(f"[vllm] mismatch per step {mismatch} nats")
         assert all(row["rollout_logp_diff_mean"] < 2e-3 for row in result.rows)
