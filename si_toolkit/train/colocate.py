@@ -31,7 +31,8 @@ __all__ = ["open_rollout_engine", "policy_weights", "push_weights"]
 
 
 def open_rollout_engine(config: TrainConfig, backend: Any, ctx: DistContext) -> Any:
-    """The vLLM engine that samples the rollouts, started on the model the HF backend loaded."""
+    """The vLLM engine that samples the rollouts, started on the files the HF backend loaded (the
+    base model, or the checkpoint a full fine-tuning run resumes from), so it starts in sync."""
     if ctx.enabled:
         raise SIError(f"rollout_backend=vllm runs in one process, but this run has {ctx.world_size} processes "
                       "(torchrun); use rollout_backend=hf under torchrun, or run one process")

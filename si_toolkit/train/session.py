@@ -274,7 +274,8 @@ def open_session(config: TrainConfig, principle_set: PrincipleSet, out_dir: Path
     rollout = backend
     if config.rollout_backend == "vllm":
         rollout = open_rollout_engine(config, backend, ctx)
-        push_weights(rollout, backend.model)  # a resumed or LoRA policy differs from the files it started from
+        if config.lora_r > 0:  # the engine read the base files; the adapters (fresh or resumed) are not in them
+            push_weights(rollout, backend.model)
     return Session(config=config, ctx=ctx, out_dir=out_dir, principle_set=principle_set, backend=backend,
                    rollout=rollout, policy=policy, model=model, reference=reference, optimizer=optimizer, prompts=prompts,
                    eval_prompts=eval_prompts, sampling=sampling, metrics=metrics, start_step=start_step)
