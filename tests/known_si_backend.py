@@ -13,20 +13,30 @@ the two marker tokens, which are sufficient statistics).
 from __future__ import annotations
 
 import math
-import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import numpy as np
 from scipy import special
 
 from si_toolkit.backends.base import Generation, SamplingConfig, ScoreRequest, prompt_seeds
-from si_toolkit.chat import COT_INSTRUCTION
-
-_SYSTEM = re.compile(r"<\|im_start\|>system\n(.*?)<\|im_end\|>", re.DOTALL)
+from text_channel import Channel, ChannelModel
 
 
-class KnownSIBackend:
+def known_channel(channels: Mapping[str, tuple[int, float]], vocab: int) -> Channel:
+    """Variant text -> log-probs: logit beta on the text's marker for a text in `channels`, else uniform."""
+
+    def channel(text: str) -> np.ndarray:
+        logits = np.zeros(vocab)
+        if text in channels:
+            marker, beta = channels[text]
+            logits[marker] = beta
+        return logits - special.logsumexp(logits)
+
+    return channel
+
+
+class KnownSIBackend(ChannelModel):
     """Implements the Backend protocol (generate, score, close) with exact, text-driven log-probs.
 
     channels: variant text -> (marker index in 0..vocab-1, beta). `calls` counts the sequences
@@ -41,12 +51,8 @@ class KnownSIBackend:
 
     def __init__(self, tokenizer, channels: Mapping[str, tuple[int, float]], *, length: int = 10, vocab: int = 16,
                  delay: float = 0.0, fail_after: int | None = None) -> None:
-        self.tokenizer = tokenizer
         self.channels = dict(channels)
-        self.length = length
-        special_ids = set(tokenizer.all_special_ids)
-        self.vocab = np.array([t for t in range(len(tokenizer)) if t not in special_ids][:vocab])
-        self._index = {int(t): i for i, t in enumerate(self.vocab)}
+        super().__init__(tokenizer, known_channel(self.channels, vocab), length=length, vocab=vocab)
         self.delay = delay
         self.fail_after = fail_after
         self.calls = {"sequences": 0, "pairs": 0, "backend_calls": 0}
@@ -57,38 +63,16 @@ class KnownSIBackend:
             raise RuntimeError("simulated crash")
         time.sleep(self.delay)
 
-    def _logp(self, prompt_ids: Sequence[int]) -> np.ndarray:
-        match = _SYSTEM.search(self.tokenizer.decode(list(prompt_ids)))
-        if match is None:
-            raise ValueError("not a rendered chat prompt")
-        text = match.group(1).split("\n\n" + COT_INSTRUCTION)[0]
-        logits = np.zeros(len(self.vocab))
-        if text in self.channels:
-            marker, beta = self.channels[text]
-            logits[marker] = beta
-        return logits - special.logsumexp(logits)
-
     def generate(self, prompt_ids: list[list[int]], config: SamplingConfig, seed) -> list[list[Generation]]:
         self._tick()
-        out = []
-        for ids, s in zip(prompt_ids, prompt_seeds(seed, len(prompt_ids))):
-            p = np.exp(self._logp(ids))
-            replicas = []
-            for r in range(config.replicates):
-                draw = np.random.default_rng(s + r).choice(len(self.vocab), size=self.length, p=p / p.sum())
-                replicas.append(Generation([int(t) for t in self.vocab[draw]], "length"))
-            out.append(replicas)
+        out = [self._draw(ids, s, config.replicates) for ids, s in zip(prompt_ids, prompt_seeds(seed, len(prompt_ids)))]
         self.calls["sequences"] += len(prompt_ids) * config.replicates
         return out
 
     def score(self, requests: list[ScoreRequest]) -> list[np.ndarray]:
         self._tick()
         self.calls["pairs"] += len(requests)
-        out = []
-        for req in requests:
-            logp = self._logp(req.prefix_ids)
-            out.append(np.array([logp[self._index[int(t)]] for t in req.continuation_ids], dtype=np.float64))
-        return out
+        return self._score_all(requests)
 
     def close(self) -> None:
         pass

@@ -66,29 +66,24 @@ def hashed_channel(*, n_vocab: int, beta: float) -> Channel:
     return channel
 
 
-class TextChannelBackend:
-    """Implements the Backend protocol (generate, score, close) with exact log-probs."""
+class ChannelModel:
+    """What the text-driven test backends share: a vocabulary of `vocab` non-special token ids, a
+    channel (variant text -> log-probs over it, memoised per text), i.i.d. sampling of `length`
+    tokens per response from a per-replicate seed, and exact scoring of given tokens."""
 
-    name = "text-channel"
-    dtype = "float64"
-    max_context = 4096
-
-    def __init__(self, tokenizer, channel: Channel, *, length: int = 10, model_name: str = "text-channel",
-                 delay: float = 0.0) -> None:
+    def __init__(self, tokenizer, channel: Channel, *, length: int, vocab: int) -> None:
         self.tokenizer = tokenizer
         self.channel = channel
         self.length = length
-        self.model_name = model_name
-        self.delay = delay  # seconds per call, to make time budgets testable
         special = set(tokenizer.all_special_ids)
-        self.vocab = np.array([t for t in range(len(tokenizer)) if t not in special][:64])
+        self.vocab = np.array([t for t in range(len(tokenizer)) if t not in special][:vocab])
         self._index = {int(t): i for i, t in enumerate(self.vocab)}
         self._memo: dict[str, np.ndarray] = {}
-        self.calls = {"generate": 0, "score": 0}
 
     def _system(self, ids: Sequence[int]) -> str:
         match = _SYSTEM.search(self.tokenizer.decode(list(ids)))
-        assert match, "not a rendered chat prompt"
+        if match is None:
+            raise ValueError("not a rendered chat prompt")
         return match.group(1)
 
     def _logp(self, ids: Sequence[int]) -> np.ndarray:
@@ -97,35 +92,51 @@ class TextChannelBackend:
             self._memo[text] = self.channel(text)
         return self._memo[text]
 
+    def _draw(self, ids: Sequence[int], seed: int, replicates: int) -> list[Generation]:
+        """`replicates` responses of the prompt's channel; replicate r draws from seed + r."""
+        p = np.exp(self._logp(ids))
+        out = []
+        for r in range(replicates):
+            draw = np.random.default_rng(seed + r).choice(len(self.vocab), size=self.length, p=p / p.sum())
+            out.append(Generation([int(t) for t in self.vocab[draw]], "length"))
+        return out
+
+    def _score_all(self, requests: list[ScoreRequest]) -> list[np.ndarray]:
+        return [np.array([self._logp(req.prefix_ids)[self._index[int(t)]] for t in req.continuation_ids],
+                         dtype=np.float64) for req in requests]
+
+
+class TextChannelBackend(ChannelModel):
+    """Implements the Backend protocol (generate, score, close) with exact log-probs."""
+
+    name = "text-channel"
+    dtype = "float64"
+    max_context = 4096
+
+    def __init__(self, tokenizer, channel: Channel, *, length: int = 10, model_name: str = "text-channel",
+                 delay: float = 0.0) -> None:
+        super().__init__(tokenizer, channel, length=length, vocab=64)
+        self.model_name = model_name
+        self.delay = delay  # seconds per call, to make time budgets testable
+        self.calls = {"generate": 0, "score": 0}
+
     def generate(self, prompt_ids: list[list[int]], config: SamplingConfig, seed) -> list[list[Generation]]:
         time.sleep(self.delay)
         self.calls["generate"] += len(prompt_ids)
-        seeds = prompt_seeds(seed, len(prompt_ids))
         out = []
-        for ids, s in zip(prompt_ids, seeds):
-            system = self._system(ids)
-            if system.startswith(REWRITE_SYSTEM):
+        for ids, s in zip(prompt_ids, prompt_seeds(seed, len(prompt_ids))):
+            if self._system(ids).startswith(REWRITE_SYSTEM):
                 principle = self.tokenizer.decode(list(ids)).split("Principle: ", 1)[1].split("<|im_end|>")[0]
                 reply = self.tokenizer(principle + REWRITE_SUFFIX, add_special_tokens=False)["input_ids"]
                 out.append([Generation(list(reply), "stop")] * config.replicates)
                 continue
-            p = np.exp(self._logp(ids))
-            reps = []
-            for r in range(config.replicates):
-                rng = np.random.default_rng(s + r)
-                tokens = self.vocab[rng.choice(len(self.vocab), size=self.length, p=p / p.sum())]
-                reps.append(Generation([int(t) for t in tokens], "length"))
-            out.append(reps)
+            out.append(self._draw(ids, s, config.replicates))
         return out
 
     def score(self, requests: list[ScoreRequest]) -> list[np.ndarray]:
         time.sleep(self.delay)
         self.calls["score"] += len(requests)
-        out = []
-        for req in requests:
-            logp = self._logp(req.prefix_ids)
-            out.append(np.array([logp[self._index[int(t)]] for t in req.continuation_ids], dtype=np.float64))
-        return out
+        return self._score_all(requests)
 
     def close(self) -> None:
         pass
