@@ -6,11 +6,10 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
+from kill_points import kill_at_points
 
 SEED = ("mode: alternatives\nprinciples:\n  - id: pirate\n    text: Talk like a pirate. Say arr.\n"
         "  - id: butler\n    text: Talk like a butler. Say indeed.\n")
@@ -46,18 +45,9 @@ def test_sigkill_at_random_points_then_resume_equals_uninterrupted(tiny_model_di
     out = tmp_path / "killed"
     rng = random.Random(2024)
     kill_after = sorted(rng.sample(range(1, total - 1), 3))
-    kills = 0
-    for k in kill_after:
-        proc = subprocess.Popen(_command(tiny_model_dir, seed, pool, prompts, out), env=_env(),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 300
-        while _shards(out) < k and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        time.sleep(rng.uniform(0.0, 0.3))
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
-        proc.wait()
+    # kill once at least k shards exist (progress > k − 1)
+    kills = kill_at_points(_command(tiny_model_dir, seed, pool, prompts, out), _env(), lambda: _shards(out),
+                           [k - 1 for k in kill_after], rng, max_delay=0.3)
     assert kills >= 2
     result = subprocess.run(_command(tiny_model_dir, seed, pool, prompts, out), env=_env(), capture_output=True,
                             text=True)

@@ -11,10 +11,7 @@ import json
 import os
 import random
 import shlex
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -26,6 +23,7 @@ from si_toolkit.cli import app
 from si_toolkit.rank.api import prepare_rank
 from si_toolkit.rank.racing import BELOW_LEADER, CLEAR_LEADER, RANK_INTERVAL_ONE, decisions, run_racing
 
+from kill_points import kill_at_points
 from known_si_backend import KnownSIBackend, true_si
 
 TESTS = Path(__file__).resolve().parent
@@ -176,20 +174,10 @@ def test_sigkill_at_random_points_then_rerun_gives_the_same_result(tiny_model_di
     script = _KILLED_RACE.format(tests=str(TESTS), model=str(tiny_model_dir), out=str(run))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     rng = random.Random(7)
-    kills = 0
     # After k finished shards (increasing) plus a random delay: kills land while sampling,
     # scoring, estimating or recording a round.
-    for k in sorted(rng.sample(range(total - 1), 3)):
-        proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 300
-        while _shards(run) <= k and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        time.sleep(rng.uniform(0.0, 1.0))
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
-        proc.wait()
+    kills = kill_at_points([sys.executable, "-c", script], env, lambda: _shards(run),
+                           sorted(rng.sample(range(total - 1), 3)), rng, max_delay=1.0)
     assert kills >= 2
     _race(tiny_model_dir, run, KnownSIBackend(tokenizer, CHANNELS), max_prompts=24)
     _assert_same_run(run, tmp_path / "ref")

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
+from kill_points import kill_at_points
 
 SETS = {
     "persona": "mode: alternatives\nprinciples:\n  - id: pirate\n    text: Talk like a pirate.\n  - id: butler\n    text: Talk like a butler.\n",
@@ -51,18 +50,8 @@ def test_sigkill_at_random_points_then_resume_equals_uninterrupted(tiny_model_di
     # Seeded kill points: after k finished shards (k increasing over the rounds) plus a random
     # delay, so a kill can land while a unit is being computed or written, in either stage.
     kill_after = sorted(rng.sample(range(total_units - 1), 3))
-    kills = 0
-    for k in kill_after:
-        proc = subprocess.Popen(_command(tiny_model_dir, sets, run), env=_env(), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 300
-        while _shards(run) <= k and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        time.sleep(rng.uniform(0.0, 0.3))
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
-        proc.wait()
+    kills = kill_at_points(_command(tiny_model_dir, sets, run), _env(), lambda: _shards(run), kill_after, rng,
+                           max_delay=0.3)
     assert kills >= 2
     # Every shard that exists after the kills is complete: SIGKILL can only leave hidden temp files.
     for shard in (run / "shards").rglob("u*.parquet"):
