@@ -55,11 +55,14 @@ def _torchrun(principles: Path, out: Path, settings: dict[str, object], *extra: 
     return json.loads(done.stdout.strip().splitlines()[-1])  # only rank 0 prints
 
 
-@pytest.mark.parametrize("parallelism", ["ddp", "fsdp"])
-def test_two_gloo_processes_match_one_process(tiny_model_dir, write_set, tmp_path, parallelism) -> None:
+@pytest.mark.parametrize(("parallelism", "recompute"), [("ddp", False), ("fsdp", False), ("fsdp", True)],
+                         ids=["ddp", "fsdp", "fsdp-gradient-checkpointing"])
+def test_two_gloo_processes_match_one_process(tiny_model_dir, write_set, tmp_path, parallelism, recompute) -> None:
+    """Two processes take the step one process takes (with gradient_checkpointing only in the two)."""
     principles = write_set("pair", PAIR)
     out2 = tmp_path / parallelism
-    report = _torchrun(principles, out2, {"model": str(tiny_model_dir), **SETTINGS, "parallelism": parallelism})
+    report = _torchrun(principles, out2, {"model": str(tiny_model_dir), **SETTINGS, "parallelism": parallelism,
+                                          "gradient_checkpointing": recompute})
     assert json.loads((out2 / "train_config.json").read_text())["environment"]["world_size"] == 2
 
     before = torch.get_num_threads()

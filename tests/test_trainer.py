@@ -134,14 +134,19 @@ def test_shared_prompt_passes_equal_one_pass_with_gradients(tiny_model_dir, a, b
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     pairs = [(a, (3, 4, 5)), (b, (8,)), (a, (11, 12, 13, 14, 15)), (b, (20, 21)), (a, (3, 4)), (c, (9, 9))]
     results = []
-    for share in (True, False):
+    for share, recompute in ((True, False), (False, False), (True, True), (False, True)):
         model.zero_grad()
         out = forward_pairs(model, pairs, pad_id=0, temperature=0.7, layers=[0, 1, -1], with_entropy=True,
-                            share_prompts=share)
+                            share_prompts=share, recompute=recompute)
         (out.logp.sum() + sum(h[out.mask].sum() for h in out.hidden.values())).backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters()}
         results.append((out, grads))
-    (shared, g_shared), (single, g_single) = results
+        assert model._si_plain_head is False  # the chunked lm-head ran (it agreed with the model's own)
+    (shared, g_shared), (single, g_single) = results[:2]
+    for (out, grads), (plain, plain_grads) in zip(results[2:], results[:2]):  # checkpointed layers: same numbers
+        torch.testing.assert_close(out.logp, plain.logp, atol=1e-6, rtol=0)
+        for name in grads:
+            torch.testing.assert_close(grads[name], plain_grads[name], atol=1e-6, rtol=1e-6, msg=name)
     assert torch.equal(shared.mask, single.mask) and shared.mask.sum() == 3 + 1 + 5 + 2 + 2 + 2
     torch.testing.assert_close(shared.logp, single.logp, atol=1e-5, rtol=0)
     m = shared.mask  # padding columns hold whatever the padded position computes

@@ -153,6 +153,9 @@ class TrainConfig:
         "ddp", "Under torchrun: ddp = every process holds the whole model and gradients are averaged; fsdp = FSDP2 (fully_shard per decoder layer + root) shards weights, gradients and AdamW state over the processes. No effect in one process."
     )
     max_grad_norm: float = _f(1.0, "Clip the global gradient norm to this; 0 disables clipping.")
+    gradient_checkpointing: bool = _f(
+        False, "Recompute each decoder layer's activations during backward instead of keeping them: activation memory of about one layer instead of all, for about a third more compute in the loss forward and backward. TRL turns it on by default; here it is off because the default models are small."
+    )
     max_steps: int = _f(100, "Steps to train (each: one generated batch, num_iterations updates).")
 
     # ---------------------------------------------------------------- auxiliary terms
@@ -167,7 +170,7 @@ class TrainConfig:
     ot_span: Span = _f("cot", "Completion span whose hidden states enter the OT term.")
     ot_max_points: int = _f(512, "token pooling: at most this many points per cloud (evenly spaced subsample).")
     monitor_off_terms: bool = _f(
-        True, "Also compute the SAMI bound and the Sinkhorn value when their weight is 0 (extra no-grad forwards)."
+        True, "Also compute the SAMI bound, the Sinkhorn value and the KL to the reference when their weight is 0 (extra no-grad forwards)."
     )
 
     # ---------------------------------------------------------------- reward

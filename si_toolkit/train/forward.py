@@ -43,9 +43,11 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from transformers.cache_utils import DynamicLayer
 
 from si_toolkit.backends.decode import cache_kwarg, left_pad, output_cache, shared_stems
 from si_toolkit.errors import SIError
+from si_toolkit.train.memory import checkpointed_layers, head_logp, head_weight, read_through
 
 __all__ = ["ForwardOutput", "PairModel", "forward_pairs", "lora_dropout", "span_mask", "span_sums"]
 
@@ -90,11 +92,17 @@ class PairBatch:
 
 @dataclass
 class PassOutput:
-    """Logits predicting completion tokens 0 and 1..C−1, and the requested hidden states."""
+    """Logits predicting completion tokens 0 and 1..C−1, and the requested hidden states.
+
+    Tokens 1..C−1 come either as logits (`rest`) or, for the chunked lm-head (`train/memory.py`), as
+    the final hidden states (`rest_states`) with the head's weight (`head`).
+    """
 
     first: Tensor | None  # (B, 1, V)
     rest: Tensor | None  # (B, C − 1, V)
     hidden: dict[int, Tensor]  # layer -> (B, C, D)
+    rest_states: Tensor | None = None  # (B, C − 1, D)
+    head: Tensor | None = None  # (V, D)
 
 
 class PairModel(torch.nn.Module):
@@ -105,8 +113,9 @@ class PairModel(torch.nn.Module):
         super().__init__()
         self.lm = lm
 
-    def forward(self, batch: PairBatch, layers: Sequence[int], with_logits: bool, share_prompts: bool) -> PassOutput:
-        return _run(self.lm, batch, layers, with_logits, share_prompts)
+    def forward(self, batch: PairBatch, layers: Sequence[int], with_logits: bool, share_prompts: bool,
+                recompute: bool = False) -> PassOutput:
+        return _run(self.lm, batch, layers, with_logits, share_prompts, recompute)
 
 
 def forward_pairs(
@@ -119,6 +128,7 @@ def forward_pairs(
     with_logits: bool = True,
     with_entropy: bool = False,
     share_prompts: bool = True,
+    recompute: bool = False,
 ) -> ForwardOutput:
     """Score the pairs with `model`; see the module docstring for the two passes.
 
@@ -133,25 +143,35 @@ def forward_pairs(
         with_entropy: also return the per-token entropy (no grad).
         share_prompts: run each distinct prompt once (default); False runs one pass over
             [prompt | completion] rows (the reference the two-pass result is tested against).
+        recompute: activation checkpointing of the completion pass (`memory.checkpointed_layers`);
+            the same result, less memory, more compute.
     """
     if not pairs or any(len(c) == 0 or len(p) == 0 for p, c in pairs):
         raise ValueError("forward_pairs needs at least one pair, each with a non-empty prompt and completion")
     device = _device_of(model)
     batch = _layout(pairs, pad_id, device)
     if isinstance(model, torch.nn.parallel.DistributedDataParallel):
-        out = model(batch, list(layers), with_logits, share_prompts)
+        out = model(batch, list(layers), with_logits, share_prompts, recompute)
     else:
-        out = _run(model, batch, list(layers), with_logits, share_prompts)
+        out = _run(model, batch, list(layers), with_logits, share_prompts, recompute)
     mask = batch.completion_mask.bool()  # (B, C)
-    if out.first is None or out.rest is None:
+    if out.first is None:
         return ForwardOutput(torch.zeros(mask.shape, device=device), mask, None, out.hidden)
     ids = batch.completion_ids
-    logp, entropy = _token_logp([(out.first, ids[:, :1]), (out.rest, ids[:, 1:])], temperature, with_entropy)
+    if out.head is not None and out.rest_states is not None:
+        first = _token_logp([(out.first, ids[:, :1])], temperature, with_entropy)
+        rest = head_logp(out.rest_states, out.head, ids[:, 1:], temperature, with_entropy)
+        logp = torch.cat([first[0], rest[0]], 1)
+        entropy = torch.cat([first[1], rest[1]], 1) if first[1] is not None and rest[1] is not None else None
+    else:
+        assert out.rest is not None
+        logp, entropy = _token_logp([(out.first, ids[:, :1]), (out.rest, ids[:, 1:])], temperature, with_entropy)
     logp = torch.where(mask, logp, torch.zeros_like(logp))
     return ForwardOutput(logp, mask, entropy, out.hidden)
 
 
-def _run(lm: Any, batch: PairBatch, layers: Sequence[int], with_logits: bool, share_prompts: bool) -> PassOutput:
+def _run(lm: Any, batch: PairBatch, layers: Sequence[int], with_logits: bool, share_prompts: bool,
+         recompute: bool = False) -> PassOutput:
     """The shared passes (or the single pass) over one batch; logits are the model's, not yet scaled by T.
 
     Three stages, each on the KV cache of the one before, its rows repeated for the next:
@@ -159,7 +179,7 @@ def _run(lm: Any, batch: PairBatch, layers: Sequence[int], with_logits: bool, sh
     prompt, the completions.
     """
     if not share_prompts:
-        return _single_pass(lm, batch, layers, with_logits)
+        return _single_pass(lm, batch, layers, with_logits, recompute)
     cache_arg = cache_kwarg(_base_lm(lm))
     cache: Any = None
     stem_lengths = torch.zeros_like(batch.stem_of)
@@ -168,7 +188,7 @@ def _run(lm: Any, batch: PairBatch, layers: Sequence[int], with_logits: bool, sh
                    position_ids=(batch.stem_mask.cumsum(1) - 1).clamp(min=0))
         cache = output_cache(stems)
         if not _plain_dynamic(cache):
-            return _single_pass(lm, batch, layers, with_logits)
+            return _single_pass(lm, batch, layers, with_logits, recompute)
         _repeat_rows(cache, batch.stem_of)
         stem_lengths = batch.stem_mask.sum(1).index_select(0, batch.stem_of)
     prompt_mask = batch.prompt_mask  # (U, Ps + Pu)
@@ -177,21 +197,50 @@ def _run(lm: Any, batch: PairBatch, layers: Sequence[int], with_logits: bool, sh
                logits_to_keep=1, **({cache_arg: cache} if cache is not None else {}))
     cache = output_cache(first)
     if not _plain_dynamic(cache):
-        return _single_pass(lm, batch, layers, with_logits)
-    _repeat_rows(cache, batch.owner)  # one cache row per pair, holding its prompt's keys and values
+        return _single_pass(lm, batch, layers, with_logits, recompute)
+    read_through(cache, batch.owner)  # one cache row per pair, holding its prompt's keys and values
     C = batch.completion_ids.shape[1]
     mask = torch.cat([prompt_mask.index_select(0, batch.owner), batch.completion_mask], 1)  # (B, P + C)
     lengths = prompt_mask.sum(1).index_select(0, batch.owner)  # (B,)
     positions = lengths[:, None] + torch.arange(C, device=lengths.device)[None, :]  # (B, C)
     # The head runs on completion positions 0..C−2 only (position C−1 predicts nothing scored), and
     # asking for exactly those avoids a slice whose backward would allocate a (B, C, V) gradient.
-    keep = torch.arange(C - 1, device=positions.device) if with_logits else 1
-    second = lm(input_ids=batch.completion_ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                output_hidden_states=bool(layers), logits_to_keep=keep, **{cache_arg: cache})
+    # The chunked head (train/memory.py) needs only the final states: the model's head then runs on the
+    # last position alone, which also checks the chunked route against the model on the first call.
+    head = _chunked_head(lm) if with_logits else None
+    keep = 1 if head is not None or not with_logits else torch.arange(C - 1, device=positions.device)
+    with checkpointed_layers(_base_lm(lm), recompute):
+        second = lm(input_ids=batch.completion_ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                    output_hidden_states=bool(layers) or head is not None, logits_to_keep=keep, **{cache_arg: cache})
     hidden = {layer: _layer(second.hidden_states, layer) for layer in layers}  # each (B, C, D)
     if not with_logits:
         return PassOutput(None, None, hidden)
-    return PassOutput(first.logits[:, -1:].index_select(0, batch.owner), second.logits, hidden)
+    first_logits = first.logits[:, -1:].index_select(0, batch.owner)
+    if head is None:
+        return PassOutput(first_logits, second.logits, hidden)
+    states = second.hidden_states[-1]  # (B, C, D) after the final norm
+    if not _head_agrees(lm, head, states[:, -1], second.logits[:, -1]):
+        return _run(lm, batch, layers, with_logits, share_prompts, recompute)  # now on the plain route
+    return PassOutput(first_logits, None, hidden, rest_states=states[:, : C - 1], head=head)
+
+
+def _chunked_head(lm: Any) -> Tensor | None:
+    """The head weight for the chunked route, unless this model was found to need its own head."""
+    base = _base_lm(lm)
+    return None if getattr(base, "_si_plain_head", False) else head_weight(base)
+
+
+@torch.no_grad()
+def _head_agrees(lm: Any, weight: Tensor, states: Tensor, logits: Tensor) -> bool:
+    """On a model's first call, whether W·h equals its own logits (B, V) at one position; a model
+    whose head does more (e.g. soft-capping) is marked to use the plain route from then on."""
+    base = _base_lm(lm)
+    if getattr(base, "_si_head_checked", False):
+        return True
+    mine, theirs = (states @ weight.T).float(), logits.float()
+    agrees = bool(torch.allclose(mine, theirs, rtol=1e-2, atol=1e-2 * float(theirs.abs().max().clamp(min=1.0))))
+    base._si_head_checked, base._si_plain_head = agrees, not agrees
+    return agrees
 
 
 def _repeat_rows(cache: Any, rows: Tensor) -> None:
@@ -200,15 +249,17 @@ def _repeat_rows(cache: Any, rows: Tensor) -> None:
         layer.keys, layer.values = layer.keys.index_select(0, rows), layer.values.index_select(0, rows)
 
 
-def _single_pass(lm: Any, batch: PairBatch, layers: Sequence[int], with_logits: bool) -> PassOutput:
+def _single_pass(lm: Any, batch: PairBatch, layers: Sequence[int], with_logits: bool,
+                 recompute: bool = False) -> PassOutput:
     """One forward over [left-padded prompt | right-padded completion] rows."""
     prompt_ids, prompt_mask = batch.prompt_ids.index_select(0, batch.owner), batch.prompt_mask.index_select(0, batch.owner)
     ids = torch.cat([prompt_ids, batch.completion_ids], 1)  # (B, P + C)
     attention = torch.cat([prompt_mask, batch.completion_mask], 1)
     positions = (attention.cumsum(-1) - 1).clamp(min=0)  # real tokens count from 0, as in generation
     P, C = prompt_ids.shape[1], batch.completion_ids.shape[1]
-    out = lm(input_ids=ids, attention_mask=attention, position_ids=positions, use_cache=False,
-             output_hidden_states=bool(layers), logits_to_keep=C + 1 if with_logits else 1)
+    with checkpointed_layers(_base_lm(lm), recompute):
+        out = lm(input_ids=ids, attention_mask=attention, position_ids=positions, use_cache=False,
+                 output_hidden_states=bool(layers), logits_to_keep=C + 1 if with_logits else 1)
     hidden = {layer: _layer(out.hidden_states, layer)[:, P:] for layer in layers}  # each (B, C, D)
     if not with_logits:
         return PassOutput(None, None, hidden)
@@ -244,8 +295,6 @@ def _entropy(logits: Tensor, lse: Tensor) -> Tensor:
 
 def _plain_dynamic(cache: Any) -> bool:
     """True when every cache layer is a full-attention dynamic layer (rows can be repeated freely)."""
-    from transformers.cache_utils import DynamicLayer
-
     layers: list[Any] = list(getattr(cache, "layers", None) or [])
     return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
 

@@ -32,7 +32,8 @@ from si_toolkit.train.metrics import StatSums
 from si_toolkit.tensors import Span
 from si_toolkit.train.rollout import Group, span_bounds
 
-__all__ = ["MIN_OT_POINTS", "MicroBatch", "Models", "loss_tokens", "micro_batch_loss", "sami_pairs", "term_weights"]
+__all__ = ["MIN_OT_POINTS", "MicroBatch", "Models", "loss_tokens", "micro_batch_loss", "reference_logp_needed", "sami_pairs",
+           "term_weights"]
 
 MIN_OT_POINTS = 2  # per cloud, over all processes (see _ot_term)
 
@@ -91,6 +92,12 @@ def term_weights(config: TrainConfig, ctx: DistContext, n_seq: int, n_tok: int, 
     return {"grpo": grpo, "sami": world * n_mats / max(n_mats_global, 1), "ot": world / config.grad_accum}
 
 
+def reference_logp_needed(config: TrainConfig) -> bool:
+    """Whether the reference pass computes log-probs: for the KL, a loss term when beta > 0 and
+    otherwise a monitor (logged as `kl` with monitor_off_terms, as TRL logs it only when beta > 0)."""
+    return config.beta > 0.0 or config.monitor_off_terms
+
+
 def loss_tokens(groups: Sequence[Group], mask_truncated: bool) -> int:
     """Completion tokens that enter the GRPO loss (dapo's count): all of them, or with
     mask_truncated_completions only those of completions that ended with EOS."""
@@ -142,7 +149,8 @@ def micro_batch_loss(config: TrainConfig, models: Models, mb: MicroBatch, k: int
     layers = list(config.ot_layers) if ot_seen else []
     with lora_dropout(models.policy, config.lora_r > 0 and config.lora_dropout > 0.0):
         out = forward_pairs(models.model, diagonal + (extra if sami_on else []), pad_id=models.pad_id,
-                            temperature=config.temperature, layers=layers, with_entropy=True)
+                            temperature=config.temperature, layers=layers, with_entropy=True,
+                            recompute=config.gradient_checkpointing)
     n = len(diagonal)
     loss = mb.weights["grpo"] * _grpo_term(config, out, mb, n, stats)
     if sami_seen and index is not None:
@@ -164,7 +172,7 @@ def micro_batch_loss(config: TrainConfig, models: Models, mb: MicroBatch, k: int
 def _grpo_term(config: TrainConfig, out: ForwardOutput, mb: MicroBatch, n: int, stats: StatSums) -> Tensor:
     logp, mask = out.logp[:n], out.mask[:n]
     old = mb.old_logp if mb.old_logp is not None else logp.detach()
-    ref_logp = mb.ref.logp if mb.ref is not None else None
+    ref_logp = mb.ref.logp if mb.ref is not None and reference_logp_needed(config) else None
     truncated = None
     if config.mask_truncated_completions:
         truncated = torch.tensor([r.finish_reason == "length" for g in mb.groups for r in g.rollouts], device=logp.device)
