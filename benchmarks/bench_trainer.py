@@ -5,8 +5,9 @@
     .venv/bin/python benchmarks/bench_trainer.py --presets grpo --repeats 1 --steps 3   # a quick look
 
 Target (benchmarks/README.md): `si train --preset grpo` at <= 0.6x TRL's seconds per step and at
-most TRL's peak RSS; the enigma preset (SAMI + OT on top) is reported against TRL too, and
-`grpo+sami` / `grpo+ot` give the extra cost of each term over grpo.
+most TRL's peak RSS; the enigma preset (SAMI + OT on top) is reported against TRL too, with and
+without gradient checkpointing (`enigma:gradient_checkpointing=false`), and `grpo+sami` / `grpo+ot` give the extra cost of
+each term over grpo.
 
 Workload, identical on both sides: the embedded model (SmolLM2-135M-Instruct) in float32, the
 `builtin:arithmetic` prompts rendered under the two variants of
@@ -44,7 +45,8 @@ PRINCIPLES = ROOT / "principles" / "helpful-vs-harmless.yaml"
 PROMPTS = "builtin:arithmetic"
 SHAPE = {"prompts_per_step": 2, "num_generations": 4, "max_completion_length": 64, "learning_rate": 1e-6,
          "beta": 0.0, "temperature": 1.0, "seed": 0}
-SI_PRESETS = ("grpo", "grpo+sami", "grpo+ot", "enigma")
+# Presets to time; "preset:key=value" adds a config override (gradient checkpointing is on by default, as in TRL).
+SI_PRESETS = ("grpo", "grpo+sami", "grpo+ot", "enigma", "enigma:gradient_checkpointing=false")
 
 
 # ---------------------------------------------------------------------- the TRL environment
@@ -81,10 +83,12 @@ def run_child(cmd: list[str], env: dict[str, str]) -> tuple[float, str]:
     return usage.ru_maxrss / 2**20, tail  # ru_maxrss is in KiB on Linux
 
 
-def si_run(preset: str, steps: int, threads: int, folder: Path) -> dict[str, float]:
-    out = folder / f"si-{preset.replace('+', '-')}"
+def si_run(name: str, steps: int, threads: int, folder: Path) -> dict[str, float]:
+    """One `si train` run; `name` is a preset, optionally followed by ":key=value" config overrides."""
+    out = folder / ("si-" + "".join(c if c.isalnum() else "-" for c in name))
+    preset, *overrides = name.split(":")
     sets = {**SHAPE, "max_steps": steps, "save_every": 0, "tensorboard": False, "monitor_off_terms": False,
-            "save_final_optimizer": False, "device": "cpu"}
+            "save_final_optimizer": False, "device": "cpu", **dict(o.split("=", 1) for o in overrides)}
     cmd = [sys.executable, "-m", "si_toolkit", "train", "--principles", str(PRINCIPLES), "--prompts", PROMPTS,
            "--preset", preset, "--dtype", "float32", "--out", str(out), "--quiet"]
     for key, value in sets.items():
@@ -189,7 +193,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=6, help="steps per run; the mean is over steps 2..N")
-    parser.add_argument("--presets", default=",".join(SI_PRESETS), help="si train presets to time")
+    parser.add_argument("--presets", default=",".join(SI_PRESETS),
+                        help="si train presets to time; preset:key=value adds a config override")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads of every run (1: on a shared machine two OpenMP threads per process "
                              "that compete with other work make steps several times slower, unevenly)")
@@ -222,11 +227,11 @@ def main() -> None:
     _record({"workload": {**SHAPE, "steps": args.steps, "repeats": args.repeats, "threads": args.threads},
              "median": summary, "ratios": ratios, "extra_time_vs_grpo": extra})
     for name, s in summary.items():
-        print(f"{name:10s} {s['s_per_step']:6.2f} s/step  peak RSS {s['peak_rss_gib']:.2f} GiB")
+        print(f"{name:12s} {s['s_per_step']:6.2f} s/step  peak RSS {s['peak_rss_gib']:.2f} GiB")
     for name, extra_cost in extra.items():
-        print(f"{name:10s} costs {extra_cost:+.0%} step time over grpo")
+        print(f"{name:12s} costs {extra_cost:+.0%} step time over grpo")
     for name, r in ratios.items():
-        print(f"{name:10s} vs TRL: step time {r['time_vs_trl']:.2f}x (target <= 0.6x), "
+        print(f"{name:12s} vs TRL: step time {r['time_vs_trl']:.2f}x (target <= 0.6x), "
               f"peak RSS {r['rss_vs_trl']:.2f}x (target <= 1x)")
 
 

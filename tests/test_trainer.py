@@ -406,15 +406,17 @@ def test_lora_dropout_runs_only_in_the_loss_forward(tiny_model_dir, pair_set) ->
 
 
 def test_lora_dropout_changes_the_update_and_repeats_under_a_seed(tiny_model_dir, pair_set, tmp_path) -> None:
-    def run(name: str, dropout: float) -> dict[str, torch.Tensor]:
+    def run(name: str, dropout: float, recompute: bool = True) -> dict[str, torch.Tensor]:
         cfg = _config(tiny_model_dir, max_steps=1, lora_r=4, lora_targets=["q_proj", "v_proj"], learning_rate=1e-2,
-                      lora_dropout=dropout, preset="grpo", monitor_off_terms=False)
+                      lora_dropout=dropout, preset="grpo", monitor_off_terms=False, gradient_checkpointing=recompute)
         train(cfg, pair_set, tmp_path / name, reward_fn=lambda g: [float(len(set(r.token_ids))) for r in g.rollouts])
         return _params(tmp_path / name / "checkpoint-1")
 
     a, b, none = run("a", 0.5), run("b", 0.5), run("none", 0.0)
     assert all(torch.equal(a[k], b[k]) for k in a)  # the dropout masks come from (seed, step, rank)
     assert any(not torch.equal(a[k], none[k]) for k in a)  # and they change the update
+    kept = run("kept", 0.5, recompute=False)  # the replayed layers drew the same masks as the first run
+    assert max(float((a[k] - kept[k]).abs().max()) for k in a) < 1e-6
 
 
 def test_non_finite_loss_saves_the_last_weights_and_stops(tiny_model_dir, pair_set, tmp_path, monkeypatch) -> None:

@@ -78,12 +78,32 @@ def checkpointed_layers(lm: Any, active: bool) -> Iterator[None]:
     the completion pass reads, and it acts in training mode only (the policy stays in eval mode)."""
     layers = [m for m in lm.modules() if isinstance(m, GradientCheckpointingLayer)] if active else []
     for layer in layers:
-        layer.forward = partial(checkpoint, type(layer).forward.__get__(layer), use_reentrant=False)
+        layer.forward = partial(_checkpointed_forward, layer)
     try:
         yield
     finally:
         for layer in layers:
             del layer.forward  # back to the class's method
+
+
+def _checkpointed_forward(layer: Any, *args: Any, **kwargs: Any) -> Any:
+    """The layer's own forward under `checkpoint`, replayed in the train/eval modes its submodules
+    had on the first run: LoRA dropout is on only around the loss forward (`forward.lora_dropout`),
+    and the backward that replays it runs after. The random state is replayed by `checkpoint`."""
+    run = type(layer).forward.__get__(layer)
+    modes = [(module, module.training) for module in layer.modules()]
+
+    def replay(*a: Any, **k: Any) -> Any:
+        now = [(module, module.training) for module, _ in modes]
+        for module, training in modes:
+            module.training = training
+        try:
+            return run(*a, **k)
+        finally:
+            for module, training in now:
+                module.training = training
+
+    return checkpoint(replay, *args, use_reentrant=False, **kwargs)
 
 
 def head_weight(lm: Any) -> Tensor | None:
