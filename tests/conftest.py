@@ -84,3 +84,14 @@ def write_set(tmp_path: Path):
         return path
 
     return _write
+
+
+@pytest.fixture()
+def one_torch_thread():
+    """Torch on one thread for the test (training steps compare numbers that thread counts could move)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

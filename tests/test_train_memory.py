@@ -10,12 +10,7 @@ from si_toolkit.train.forward import forward_pairs
 from si_toolkit.train.memory import head_logp
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
