@@ -37,6 +37,7 @@ from si_toolkit.train.distributed import DistContext, barrier
 from si_toolkit.train.forward import PairModel
 from si_toolkit.train.metrics import MetricsLog
 from si_toolkit.train.sharding import load_optimizer_state, shard_policy
+from si_toolkit.train.terms import reference_logp_needed, reference_states_needed
 
 __all__ = ["RUN_FILE", "Session", "open_session", "run_record"]
 
@@ -245,7 +246,7 @@ def open_session(config: TrainConfig, principle_set: PrincipleSet, out_dir: Path
     eval_prompts = load_prompts(config.eval_prompts, n=config.n_eval_prompts) if config.eval_prompts else None
     checkpoint = _prepare_out_dir(config, principle_set, out_dir, resume, ctx)
     state = _resume_state(checkpoint) if checkpoint is not None else None  # before loading any weights
-    needs_reference = config.beta > 0.0 or config.ot_weight > 0.0 or config.monitor_off_terms
+    needs_reference = reference_logp_needed(config) or reference_states_needed(config)
     backend, policy, reference = _load_models(config, ctx, checkpoint, needs_reference)
     model = policy
     fsdp = config.parallelism == "fsdp" and ctx.enabled

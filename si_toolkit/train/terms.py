@@ -32,8 +32,8 @@ from si_toolkit.train.metrics import StatSums
 from si_toolkit.tensors import Span
 from si_toolkit.train.rollout import Group, span_bounds
 
-__all__ = ["MIN_OT_POINTS", "MicroBatch", "Models", "loss_tokens", "micro_batch_loss", "reference_logp_needed", "sami_pairs",
-           "term_weights"]
+__all__ = ["MIN_OT_POINTS", "MicroBatch", "Models", "loss_tokens", "micro_batch_loss", "reference_logp_needed",
+           "reference_states_needed", "sami_pairs", "term_weights"]
 
 MIN_OT_POINTS = 2  # per cloud, over all processes (see _ot_term)
 
@@ -98,6 +98,12 @@ def reference_logp_needed(config: TrainConfig) -> bool:
     return config.beta > 0.0 or config.monitor_off_terms
 
 
+def reference_states_needed(config: TrainConfig) -> bool:
+    """Whether the reference pass returns hidden states: for the Sinkhorn term, trained on when
+    λ_OT > 0 and otherwise monitored with monitor_off_terms."""
+    return config.ot_weight > 0.0 or config.monitor_off_terms
+
+
 def loss_tokens(groups: Sequence[Group], mask_truncated: bool) -> int:
     """Completion tokens that enter the GRPO loss (dapo's count): all of them, or with
     mask_truncated_completions only those of completions that ended with EOS."""
@@ -143,7 +149,7 @@ def micro_batch_loss(config: TrainConfig, models: Models, mb: MicroBatch, k: int
     """The weighted loss of one micro-batch (a scalar with grad); adds its statistics to `stats`."""
     sami_on = config.sami_weight > 0.0
     sami_seen = sami_on or (config.monitor_off_terms and config.num_generations % k == 0)
-    ot_seen = mb.ref is not None and (config.ot_weight > 0.0 or config.monitor_off_terms)
+    ot_seen = mb.ref is not None and reference_states_needed(config)
     diagonal = mb.diagonal()
     extra, index, bounds = sami_pairs(mb.groups, k, config.sami_span) if sami_seen else ([], None, [])
     layers = list(config.ot_layers) if ot_seen else []

@@ -47,7 +47,8 @@ from si_toolkit.train.colocate import push_weights
 from si_toolkit.train.rollout import Group, group_seed, rollout_groups, step_prompt_indices
 from si_toolkit.train.session import Session, open_session
 from si_toolkit.train.sharding import optimizer_state, sync_generation_copy
-from si_toolkit.train.terms import MicroBatch, Models, loss_tokens, micro_batch_loss, reference_logp_needed, sami_pairs, term_weights
+from si_toolkit.train.terms import (MicroBatch, Models, loss_tokens, micro_batch_loss, reference_logp_needed,
+                                   reference_states_needed, sami_pairs, term_weights)
 
 __all__ = ["RewardHook", "TrainResult", "learning_rate_at", "step_advantages", "train", "train_step"]
 
@@ -248,14 +249,13 @@ def _device(s: Session) -> torch.device:
 def _reference_pass(s: Session, mb: MicroBatch) -> Any:
     """The frozen reference on the diagonal pairs: log-probs (KL) and hidden states (OT)."""
     c = s.config
-    if not (c.beta > 0.0 or c.ot_weight > 0.0 or c.monitor_off_terms):
+    with_logits, with_states = reference_logp_needed(c), reference_states_needed(c)
+    if not (with_logits or with_states):
         return None
     model = s.policy if s.lora else s.reference
     adapters_off = s.policy.disable_adapter() if s.lora else nullcontext()  # LoRA: the reference is the base model
-    # Without the KL (see reference_logp_needed) the pass skips the lm-head, a fifth of its cost
-    # for a 49k-token vocabulary.
-    with_logits = reference_logp_needed(c)
-    layers = list(c.ot_layers) if c.ot_weight > 0.0 or c.monitor_off_terms else []
+    # Without the KL the pass skips the lm-head, a fifth of its cost for a 49k-token vocabulary.
+    layers = list(c.ot_layers) if with_states else []
     with adapters_off:
         return forward_pairs(model, mb.diagonal(), pad_id=s.pad_id, temperature=c.temperature, layers=layers,
                              with_logits=with_logits)
