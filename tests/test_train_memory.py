@@ -47,7 +47,7 @@ def test_a_head_that_does_more_falls_back_to_the_models_logits(tiny_model_dir) -
     model.get_output_embeddings().register_forward_hook(lambda module, args, out: out * 0.5)
     pairs = [((5, 9, 12, 40), (3, 4, 5)), ((6, 9, 30), (8, 9)), ((5, 9, 12, 40), (11, 12, 13, 14))]
     shared = forward_pairs(model, pairs, pad_id=0, temperature=1.0)
-    assert model._si_plain_head is True
+    assert model._si_head_is_plain is False
     single = forward_pairs(model, pairs, pad_id=0, temperature=1.0, share_prompts=False)
     torch.testing.assert_close(shared.logp, single.logp, atol=1e-5, rtol=0)
     with torch.no_grad():  # the halved logits, from a plain forward

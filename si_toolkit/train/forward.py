@@ -224,10 +224,14 @@ def _run(lm: Any, batch: PairBatch, layers: Sequence[int], with_logits: bool, sh
     return PassOutput(first_logits, None, hidden, rest_states=states[:, : C - 1], head=head)
 
 
+# Set on the model by its first call: True once W·h was found equal to its logits, False when not.
+_HEAD_IS_PLAIN = "_si_head_is_plain"
+
+
 def _chunked_head(lm: Any) -> Tensor | None:
     """The head weight for the chunked route, unless this model was found to need its own head."""
     base = _base_lm(lm)
-    return None if getattr(base, "_si_plain_head", False) else head_weight(base)
+    return None if getattr(base, _HEAD_IS_PLAIN, None) is False else head_weight(base)
 
 
 @torch.no_grad()
@@ -235,11 +239,11 @@ def _head_agrees(lm: Any, weight: Tensor, states: Tensor, logits: Tensor) -> boo
     """On a model's first call, whether W·h equals its own logits (B, V) at one position; a model
     whose head does more (e.g. soft-capping) is marked to use the plain route from then on."""
     base = _base_lm(lm)
-    if getattr(base, "_si_head_checked", False):
-        return True
+    if getattr(base, _HEAD_IS_PLAIN, None) is not None:
+        return True  # checked, and agreed (a model that did not no longer reaches here)
     mine, theirs = (states @ weight.T).float(), logits.float()
     agrees = bool(torch.allclose(mine, theirs, rtol=1e-2, atol=1e-2 * float(theirs.abs().max().clamp(min=1.0))))
-    base._si_head_checked, base._si_plain_head = agrees, not agrees
+    setattr(base, _HEAD_IS_PLAIN, agrees)
     return agrees
 
 
