@@ -9,7 +9,8 @@ most TRL's peak RSS; the enigma preset (SAMI + OT on top) is reported against TR
 without gradient checkpointing (`enigma:gradient_checkpointing=false`), and `grpo+sami` / `grpo+ot` give the extra cost of
 each term over grpo.
 
-Workload, identical on both sides: the embedded model (SmolLM2-135M-Instruct) in float32, the
+Workload, identical on both sides: the embedded model (SmolLM2-135M-Instruct) in float32 (with
+`--bf16`: float32 weights under bfloat16 autocast on both sides, TRL's default precision), the
 `builtin:arithmetic` prompts rendered under the two variants of
 `principles/helpful-vs-harmless.yaml` by `si_toolkit.chat` (system turn + `<think>` prefill),
 2 prompts x G = 4 completions = 8 per step, 64 new tokens at T = 1, beta = 0, lr 1e-6, loss dapo,
@@ -83,12 +84,12 @@ def run_child(cmd: list[str], env: dict[str, str]) -> tuple[float, str]:
     return usage.ru_maxrss / 2**20, tail  # ru_maxrss is in KiB on Linux
 
 
-def si_run(name: str, steps: int, threads: int, folder: Path) -> dict[str, float]:
+def si_run(name: str, steps: int, threads: int, folder: Path, bf16: bool) -> dict[str, float]:
     """One `si train` run; `name` is a preset, optionally followed by ":key=value" config overrides."""
     out = folder / ("si-" + "".join(c if c.isalnum() else "-" for c in name))
     preset, *overrides = name.split(":")
     sets = {**SHAPE, "max_steps": steps, "save_every": 0, "tensorboard": False, "monitor_off_terms": False,
-            "save_final_optimizer": False, "device": "cpu", **dict(o.split("=", 1) for o in overrides)}
+            "save_final_optimizer": False, "device": "cpu", "bf16": bf16, **dict(o.split("=", 1) for o in overrides)}
     cmd = [sys.executable, "-m", "si_toolkit", "train", "--principles", str(PRINCIPLES), "--prompts", PROMPTS,
            "--preset", preset, "--dtype", "float32", "--out", str(out), "--quiet"]
     for key, value in sets.items():
@@ -100,10 +101,10 @@ def si_run(name: str, steps: int, threads: int, folder: Path) -> dict[str, float
     return {"s_per_step": statistics.fmean(times), "generation_s": statistics.fmean(generation), "peak_rss_gib": rss}
 
 
-def trl_run(steps: int, threads: int, folder: Path) -> dict[str, float]:
+def trl_run(steps: int, threads: int, folder: Path, bf16: bool) -> dict[str, float]:
     out = folder / "trl"
     out.mkdir(parents=True, exist_ok=True)
-    spec = {"model": _model_dir(), "rows": trl_prompts(), "steps": steps, "out": str(out), **SHAPE}
+    spec = {"model": _model_dir(), "rows": trl_prompts(), "steps": steps, "out": str(out), "bf16": bf16, **SHAPE}
     (out / "spec.json").write_text(json.dumps(spec))
     rss, _ = run_child([str(trl_python()), __file__, "--trl-worker", str(out / "spec.json")],
                        _env(threads, pythonpath=str(ROOT)))
@@ -167,7 +168,7 @@ def trl_worker(spec_path: str) -> None:
         output_dir=spec["out"], per_device_train_batch_size=per_step, gradient_accumulation_steps=1,
         num_generations=spec["num_generations"], max_completion_length=spec["max_completion_length"],
         temperature=spec["temperature"], learning_rate=spec["learning_rate"], beta=spec["beta"],
-        max_steps=spec["steps"], bf16=False, fp16=False, use_cpu=True, save_strategy="no", report_to=[],
+        max_steps=spec["steps"], bf16=spec["bf16"], fp16=False, use_cpu=True, save_strategy="no", report_to=[],
         logging_steps=1, seed=spec["seed"], loss_type="dapo", scale_rewards="group",
     )
     model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32)
@@ -198,6 +199,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads of every run (1: on a shared machine two OpenMP threads per process "
                              "that compete with other work make steps several times slower, unevenly)")
+    parser.add_argument("--bf16", action="store_true",
+                        help="both sides in mixed precision: TRL's bf16=True, si train's bf16=true (float32 "
+                             "weights, bfloat16 autocast); default: float32 throughout")
     parser.add_argument("--setup-only", action="store_true")
     parser.add_argument("--trl-worker", metavar="SPEC", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -213,8 +217,8 @@ def main() -> None:
         for repeat in range(args.repeats):
             for name in runs:
                 folder = Path(tmp) / f"r{repeat}"
-                result = trl_run(args.steps, args.threads, folder) if name == "trl" else \
-                    si_run(name, args.steps, args.threads, folder)
+                result = trl_run(args.steps, args.threads, folder, args.bf16) if name == "trl" else \
+                    si_run(name, args.steps, args.threads, folder, args.bf16)
                 runs[name].append(result)
                 print(f"repeat {repeat + 1}/{args.repeats} {name}: {json.dumps(result)}", file=sys.stderr, flush=True)
     summary = {name: {key: statistics.median(r[key] for r in results) for key in results[0]}
@@ -224,7 +228,8 @@ def main() -> None:
               for name, s in summary.items() if name != "trl"}
     extra = {name: summary[name]["s_per_step"] / summary["grpo"]["s_per_step"] - 1.0
              for name in presets if name != "grpo" and "grpo" in summary}
-    _record({"workload": {**SHAPE, "steps": args.steps, "repeats": args.repeats, "threads": args.threads},
+    _record({"workload": {**SHAPE, "steps": args.steps, "repeats": args.repeats, "threads": args.threads,
+                          "bf16": args.bf16},
              "median": summary, "ratios": ratios, "extra_time_vs_grpo": extra})
     for name, s in summary.items():
         print(f"{name:12s} {s['s_per_step']:6.2f} s/step  peak RSS {s['peak_rss_gib']:.2f} GiB")

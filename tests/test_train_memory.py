@@ -79,3 +79,34 @@ def test_gradient_checkpointing_keeps_a_fraction_of_the_activations(tiny_model_d
     plain, recomputed = saved_bytes(False), saved_bytes(True)
     print(f"saved for backward: {recomputed} bytes with recompute, {plain} without")
     assert recomputed < 0.6 * plain, (recomputed, plain)
+
+
+def test_chunked_head_under_autocast_matches_autograd(monkeypatch) -> None:
+    """In a bf16 autocast block the chunked head gives what autograd gives for log_softmax of the
+    bf16 logits: its backward recomputes them under the forward's autocast."""
+    monkeypatch.setattr(memory, "CHUNK_TOKENS", 64)  # 3 x 70 positions: four chunks
+    gen = torch.Generator().manual_seed(0)
+    hidden = torch.randn(3, 70, 32, generator=gen, requires_grad=True)
+    weight = torch.randn(500, 32, generator=gen, requires_grad=True)
+    targets = torch.randint(0, 500, (3, 70), generator=gen)
+    upstream = torch.randn(3, 70, generator=gen)
+    results = []
+    for chunked in (True, False):
+        hidden.grad = weight.grad = None
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            if chunked:
+                logp = head_logp(hidden, weight, targets, 0.7, False)[0]
+            else:
+                logits = (hidden @ weight.T).float() / 0.7
+        if not chunked:
+            logp = torch.log_softmax(logits, -1).gather(-1, targets[..., None])[..., 0]
+        (logp * upstream).sum().backward()
+        results.append((logp.detach(), hidden.grad.clone(), weight.grad.clone()))
+    (logp, grad_h, grad_w), (expected, want_h, want_w) = results
+    torch.testing.assert_close(logp, expected, atol=1e-4, rtol=0)
+    assert grad_h.dtype == grad_w.dtype == torch.float32
+    # bf16 keeps 8 bits of mantissa: the gradients agree to its rounding (2^-8 relative), not to float32's.
+    torch.testing.assert_close(grad_h, want_h, rtol=2 ** -7, atol=2 ** -7 * float(want_h.abs().max()))
+    torch.testing.assert_close(grad_w, want_w, rtol=2 ** -7, atol=2 ** -7 * float(want_w.abs().max()))
+    fp32 = torch.log_softmax((hidden @ weight.T) / 0.7, -1).gather(-1, targets[..., None])[..., 0]
+    assert not torch.allclose(logp, fp32.detach(), atol=1e-4)  # the head did run in bf16

@@ -222,10 +222,11 @@ def test_two_steps_log_every_metric_and_save_a_loadable_checkpoint(tiny_model_di
     assert any(not torch.equal(initial[k], v) for k, v in _params(out / "checkpoint-2").items())
 
 
-def test_resume_continues_exactly(tiny_model_dir, pair_set, tmp_path) -> None:
+@pytest.mark.parametrize("bf16", [False, True], ids=["float32", "bf16-autocast"])
+def test_resume_continues_exactly(tiny_model_dir, pair_set, tmp_path, bf16) -> None:
     """4 steps in one go == killed during step 3, resumed from checkpoint-2 (metrics and weights), off-policy updates."""
     cfg = _config(tiny_model_dir, max_steps=4, save_every=2, num_iterations=2, grad_accum=2, beta=0.02,
-                  importance_level="sequence", ot_pooling="token", ot_layers=[1, -1], ot_max_points=20)
+                  importance_level="sequence", ot_pooling="token", ot_layers=[1, -1], ot_max_points=20, bf16=bf16)
     whole = train(cfg, pair_set, tmp_path / "whole")
     part = tmp_path / "part"
 
@@ -285,8 +286,10 @@ def test_missing_tensorboard_is_said_once(tmp_path, monkeypatch) -> None:
         MetricsLog(tmp_path, enabled=False, tensorboard=True)
 
 
-def test_the_loop_learns_a_reward_that_varies(tiny_model_dir, pair_set, tmp_path) -> None:
+@pytest.mark.parametrize("bf16", [False, True], ids=["float32", "bf16-autocast"])
+def test_the_loop_learns_a_reward_that_varies(tiny_model_dir, pair_set, tmp_path, bf16) -> None:
     """Reward = share of completion tokens from the lower half of the vocabulary: it rises while S_ε stays bounded.
+    Under bf16 autocast too, where the reference runs under the same autocast, so S_ε still starts at 0.
 
     The Sinkhorn term sits on the middle layer: on the tiny model, OT on the last (normed) layer
     pins the very states the logits are read from, and the reward cannot move.
@@ -297,7 +300,7 @@ def test_the_loop_learns_a_reward_that_varies(tiny_model_dir, pair_set, tmp_path
         return [float(np.mean([t < half for t in r.token_ids])) for r in group.rollouts]
 
     cfg = _config(tiny_model_dir, preset="grpo+ot", lambda_ot=0.1, ot_layers=[1], max_steps=30, learning_rate=3e-3,
-                  lr_schedule="constant", num_generations=8, monitor_off_terms=False, seed=1)
+                  lr_schedule="constant", num_generations=8, monitor_off_terms=False, seed=1, bf16=bf16)
     rows = train(cfg, pair_set, tmp_path / "learn", reward_fn=share_low).rows
     rewards = [r["reward_mean"] for r in rows]
     assert np.mean(rewards[-5:]) > np.mean(rewards[:5]) + 0.15, rewards

@@ -23,7 +23,8 @@ only, and the backward recomputes the logits `CHUNK_TOKENS` positions at a time:
 
 Memory: one chunk's logits instead of four (B, C, V) blocks. Compute: one more lm-head matmul
 in backward, about a fifth of a 135M-parameter model's forward per token; on the project's CPU
-the step got no slower (the big blocks cost as much in memory traffic as the matmul).
+the step got no slower (the big blocks cost as much in memory traffic as the matmul). Under
+bf16 autocast (`bf16`) the backward recomputes the logits under the same autocast as the forward.
 
 `head_weight` says when the route applies: the model's output embedding is a plain bias-free
 `nn.Linear` whose weight is a local tensor (not sharded by FSDP). Models that transform the
@@ -153,6 +154,7 @@ class _HeadLogp(torch.autograd.Function):
                 entropy[part] = lse[part] - (torch.softmax(logits, dim=-1) * logits).sum(-1)
         ctx.save_for_backward(flat_hidden, weight, flat_targets, lse)
         ctx.temperature, ctx.hidden_shape = temperature, hidden.shape
+        ctx.autocast = _autocast_state(hidden.device.type)
         entropy = entropy.reshape(shape)
         ctx.mark_non_differentiable(entropy)  # the returned tensor itself, not a view of it
         return logp.reshape(shape), entropy
@@ -163,16 +165,38 @@ class _HeadLogp(torch.autograd.Function):
         grad = grad_logp.reshape(-1).float()
         grad_hidden = torch.empty_like(flat_hidden) if ctx.needs_input_grad[0] else None
         grad_weight = torch.zeros_like(weight) if ctx.needs_input_grad[1] else None
-        for start in range(0, grad.shape[0], CHUNK_TOKENS):
-            part = slice(start, start + CHUNK_TOKENS)
-            h, g = flat_hidden[part], grad[part, None]  # (n, D), (n, 1)
-            d_logits = torch.exp(_logits(h, weight, ctx.temperature) - lse[part, None]).mul_(-g)  # −g·softmax
-            d_logits.scatter_add_(-1, flat_targets[part, None], g)  # + g at the target
-            d_logits = (d_logits / ctx.temperature).to(weight.dtype)  # through l = W·h / T
-            if grad_hidden is not None:
-                grad_hidden[part] = d_logits @ weight
-            if grad_weight is not None:
-                grad_weight.addmm_(d_logits.T, h)
+        with ctx.autocast:
+            _head_backward(ctx, grad, flat_hidden, weight, flat_targets, lse, grad_hidden, grad_weight)
         if grad_hidden is not None:
             grad_hidden = grad_hidden.reshape(ctx.hidden_shape)
         return grad_hidden, grad_weight, None, None, None
+
+
+def _autocast_state(device_type: str) -> torch.autocast:
+    """The autocast the forward ran under, to recompute its logits the same way in backward
+    (which autograd runs outside any autocast block)."""
+    enabled = torch.is_autocast_enabled(device_type)
+    dtype = torch.get_autocast_dtype(device_type)
+    return torch.autocast(device_type, dtype=dtype, enabled=enabled)
+
+
+def _head_backward(ctx: Any, grad: Tensor, flat_hidden: Tensor, weight: Tensor, flat_targets: Tensor, lse: Tensor,
+                   grad_hidden: Tensor | None, grad_weight: Tensor | None) -> None:
+    """Fill grad_hidden and accumulate grad_weight, one chunk of recomputed logits at a time.
+
+    Under autocast the two matmuls run in its dtype, as autograd runs the backward of a
+    bf16 matmul, and accumulate into the float32 buffers.
+    """
+    for start in range(0, grad.shape[0], CHUNK_TOKENS):
+        part = slice(start, start + CHUNK_TOKENS)
+        h, g = flat_hidden[part], grad[part, None]  # (n, D), (n, 1)
+        d_logits = torch.exp(_logits(h, weight, ctx.temperature) - lse[part, None]).mul_(-g)  # −g·softmax
+        d_logits.scatter_add_(-1, flat_targets[part, None], g)  # + g at the target
+        d_logits = (d_logits / ctx.temperature).to(weight.dtype)  # through l = W·h / T
+        if grad_hidden is not None:
+            grad_hidden[part] = d_logits @ weight
+        if grad_weight is not None:
+            if torch.is_autocast_enabled(h.device.type):
+                grad_weight += d_logits.T @ h  # a (V, D) bf16 temporary: in-place addmm_ would bypass autocast
+            else:
+                grad_weight.addmm_(d_logits.T, h)

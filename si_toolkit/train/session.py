@@ -39,7 +39,7 @@ from si_toolkit.train.metrics import MetricsLog
 from si_toolkit.train.sharding import load_optimizer_state, shard_policy
 from si_toolkit.train.terms import reference_logp_needed, reference_states_needed
 
-__all__ = ["RUN_FILE", "Session", "open_session", "run_record"]
+__all__ = ["RUN_FILE", "Session", "open_session", "run_record", "uses_bf16"]
 
 RUN_FILE = "train_config.json"
 
@@ -90,10 +90,25 @@ class Session:
         return self.config.parallelism == "fsdp" and self.ctx.enabled
 
     @property
+    def bf16(self) -> bool:
+        """Whether the forward passes run under bf16 autocast (config.bf16, resolved)."""
+        return uses_bf16(self.config, self.backend.device)
+
+    def autocast(self) -> torch.autocast:
+        """The context of a forward pass: bf16 autocast on the policy's device when `bf16`, else
+        a no-op. Backward runs outside it (autograd replays each op in its forward's dtype)."""
+        return torch.autocast(torch.device(self.backend.device).type, dtype=torch.bfloat16, enabled=self.bf16)
+
+    @property
     def current(self) -> Any:
         """The current weights, whole: the policy, or under FSDP its synced generation copy. No-grad
         passes and checkpoints use it."""
         return self.backend.model
+
+
+def uses_bf16(config: TrainConfig, device: str) -> bool:
+    """config.bf16, or when unset (None): on with CUDA, off on CPU (TRL's default is on)."""
+    return config.bf16 if config.bf16 is not None else torch.device(device).type == "cuda"
 
 
 def run_record(config: TrainConfig, principle_set: PrincipleSet, ctx: DistContext) -> dict[str, Any]:
@@ -105,7 +120,7 @@ def run_record(config: TrainConfig, principle_set: PrincipleSet, ctx: DistContex
         "principles": {"name": principle_set.name, "path": principle_set.path, "K": principle_set.K,
                        "variant_labels": [v.label for v in principle_set.variants],
                        "variant_texts": [v.text for v in principle_set.variants]},
-        "environment": {"world_size": ctx.world_size, "torch": torch.__version__,
+        "environment": {"world_size": ctx.world_size, "bf16": uses_bf16(config, _device(config, ctx)), "torch": torch.__version__,
                         "transformers": transformers.__version__, "python": platform.python_version()},
     }
 
@@ -252,7 +267,7 @@ def open_session(config: TrainConfig, principle_set: PrincipleSet, out_dir: Path
     fsdp = config.parallelism == "fsdp" and ctx.enabled
     if fsdp:
         backend.model = copy.deepcopy(policy)  # the whole copy that samples (sharding.py)
-        shard_policy(policy, ctx, backend.device)
+        shard_policy(policy, ctx, backend.device, bf16=uses_bf16(config, backend.device))
     elif ctx.enabled:
         from torch.nn.parallel import DistributedDataParallel
 

@@ -4,10 +4,10 @@ With DDP every process holds the whole policy, its gradients and AdamW's two mom
 16 bytes per parameter in float32. `shard_policy` applies `torch.distributed.fsdp.fully_shard`
 to every decoder layer and then to the root, so each of the N processes keeps 1/N of the
 parameters, gradients and optimizer state; a layer's parameters are all-gathered for its
-forward and backward and its gradients reduce-scattered (the FSDP2 recipe). On CUDA the
-layers compute in bfloat16 and reduce gradients in float32 (`MixedPrecisionPolicy`); the
-sharded master weights and AdamW stay float32. On CPU (gloo) everything stays in the
-model's dtype.
+forward and backward and its gradients reduce-scattered (the FSDP2 recipe). With `bf16` (on
+by default with CUDA) the layers compute in bfloat16 and reduce gradients in float32
+(`MixedPrecisionPolicy`); the sharded master weights and AdamW stay float32. On CPU (gloo)
+the parameters are gathered in the model's dtype and `bf16` acts through autocast alone.
 
 What stays whole on every process:
 - the generation copy (`Session.backend.model`): sampling runs the decode loop many times
@@ -44,14 +44,20 @@ def _decoder_layers(model: Any) -> list[torch.nn.Module]:
     return list(layers)
 
 
-def shard_policy(policy: Any, ctx: DistContext, device: str) -> None:
-    """fully_shard each decoder layer, then the root module, over all processes (in place)."""
+def shard_policy(policy: Any, ctx: DistContext, device: str, *, bf16: bool) -> None:
+    """fully_shard each decoder layer, then the root module, over all processes (in place).
+
+    With bf16 on CUDA the gathered layers are cast to bfloat16 and gradients reduced in float32
+    (`MixedPrecisionPolicy`); on CPU the bf16 autocast of the forward passes does the casting,
+    since gloo's collectives are float32.
+    """
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     cuda = torch.device(device).type == "cuda"
     mesh = init_device_mesh("cuda" if cuda else "cpu", (ctx.world_size,))
-    mixed = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if cuda else MixedPrecisionPolicy()
+    bf16_params = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    mixed = bf16_params if cuda and bf16 else MixedPrecisionPolicy()
     for layer in _decoder_layers(policy):
         fully_shard(layer, mesh=mesh, mp_policy=mixed)
     fully_shard(policy, mesh=mesh, mp_policy=mixed)

@@ -17,7 +17,8 @@ batch after DDP averages gradients (see `term_weights`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +47,7 @@ class Models:
     policy: Any  # the unwrapped policy, for no-grad passes
     pad_id: int
     ctx: DistContext
+    precision: Callable[[], AbstractContextManager[Any]] = nullcontext  # of every forward (Session.autocast)
 
 
 @dataclass
@@ -153,7 +155,7 @@ def micro_batch_loss(config: TrainConfig, models: Models, mb: MicroBatch, k: int
     diagonal = mb.diagonal()
     extra, index, bounds = sami_pairs(mb.groups, k, config.sami_span) if sami_seen else ([], None, [])
     layers = list(config.ot_layers) if ot_seen else []
-    with lora_dropout(models.policy, config.lora_r > 0 and config.lora_dropout > 0.0):
+    with lora_dropout(models.policy, config.lora_r > 0 and config.lora_dropout > 0.0), models.precision():
         out = forward_pairs(models.model, diagonal + (extra if sami_on else []), pad_id=models.pad_id,
                             temperature=config.temperature, layers=layers, with_entropy=True,
                             recompute=config.gradient_checkpointing)
@@ -162,7 +164,7 @@ def micro_batch_loss(config: TrainConfig, models: Models, mb: MicroBatch, k: int
     if sami_seen and index is not None:
         logp_all, mask_all = out.logp, out.mask
         if not sami_on and extra:
-            with torch.no_grad():
+            with torch.no_grad(), models.precision():
                 off = forward_pairs(models.policy, extra, pad_id=models.pad_id, temperature=config.temperature)
             logp_all, mask_all = _stack_rows(out.logp[:n].detach(), off.logp), _stack_rows(out.mask[:n], off.mask)
         sami = _sami_term(config, logp_all, mask_all, index, bounds, mb.weights["sami"], stats)

@@ -26,7 +26,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -135,7 +135,7 @@ def train_step(s: Session, step: int, reward_fn: RewardHook | None = None) -> di
     row = {"step": step, "lr": lr, **row}
     batches = _micro_batches(s, groups, advantages.float())  # whole prompts; fixed reference / old log-probs
     stats = StatSums()
-    models = Models(model=s.model, policy=s.current, pad_id=s.pad_id, ctx=s.ctx)
+    models = Models(model=s.model, policy=s.current, pad_id=s.pad_id, ctx=s.ctx, precision=s.autocast)
     with _dropout_rng(s, step):
         for _ in range(c.num_iterations):
             finite = True
@@ -165,8 +165,15 @@ def _generate(s: Session, step: int) -> list[Group]:
     texts = [v.text for v in s.principle_set.variants]
     mine = [(position, s.prompts.prompts[index]) for position, index in enumerate(indices)
             if position % s.ctx.world_size == s.ctx.rank]
-    return rollout_groups(s.rollout, s.tokenizer, mine, texts, num_generations=c.num_generations,
-                          sampling=s.sampling, prefill=c.prefill, seed=c.seed, step=step)
+    with _sampling_precision(s):
+        return rollout_groups(s.rollout, s.tokenizer, mine, texts, num_generations=c.num_generations,
+                              sampling=s.sampling, prefill=c.prefill, seed=c.seed, step=step)
+
+
+def _sampling_precision(s: Session) -> AbstractContextManager[Any]:
+    """The policy samples under the autocast of its loss forward, so with bf16 on it samples from the
+    distribution it trains (a colocated vLLM engine has its own dtype and runs outside it)."""
+    return s.autocast() if s.rollout is s.backend else nullcontext()
 
 
 def _rewards(s: Session, groups: list[Group], reward_fn: RewardHook | None) -> np.ndarray:
@@ -234,7 +241,7 @@ def _micro_batches(s: Session, groups: list[Group], advantages: torch.Tensor) ->
         mb.weights = term_weights(c, s.ctx, n_seq, loss_tokens(part, masked), len(part) * (c.num_generations // s.k),
                                   total_tokens, s.k)
         offset += n_seq
-        with torch.no_grad():
+        with torch.no_grad(), s.autocast():  # the reference under the policy's precision: S_ε and KL start at 0
             mb.ref = _reference_pass(s, mb)
             if c.num_iterations > 1:  # off-policy updates need π_old fixed before the first one
                 mb.old_logp = forward_pairs(s.current, mb.diagonal(), pad_id=s.pad_id, temperature=c.temperature).logp
@@ -292,8 +299,9 @@ def evaluate(s: Session, step: int, reward_fn: RewardHook | None = None) -> dict
     texts = [v.text for v in s.principle_set.variants]
     mine = [(position, prompt) for position, prompt in enumerate(s.eval_prompts.prompts)
             if position % s.ctx.world_size == s.ctx.rank]
-    groups = rollout_groups(s.rollout, s.tokenizer, mine, texts, num_generations=c.num_generations,
-                            sampling=s.sampling, prefill=c.prefill, seed=c.seed, step=0)
+    with _sampling_precision(s):
+        groups = rollout_groups(s.rollout, s.tokenizer, mine, texts, num_generations=c.num_generations,
+                                sampling=s.sampling, prefill=c.prefill, seed=c.seed, step=0)
     for group in groups:
         rewards = _rewards(s, [group], reward_fn)
         stats.add("eval_reward_mean", float(rewards.mean()), len(rewards))
@@ -309,7 +317,8 @@ def _sami_bound(s: Session, group: Group) -> float:
     """log K − L_SAMI of one group's matrices under the current policy."""
     pairs, index, bounds = sami_pairs([group], s.k, s.config.sami_span)
     diagonal = [(r.prompt_ids, r.token_ids) for r in group.rollouts]
-    out = forward_pairs(s.current, diagonal + pairs, pad_id=s.pad_id, temperature=s.config.temperature)
+    with s.autocast():
+        out = forward_pairs(s.current, diagonal + pairs, pad_id=s.pad_id, temperature=s.config.temperature)
     sums, counts = span_sums(out.logp, span_mask(bounds, out.logp.shape[1], out.logp.device) & out.mask)
     index = index.to(sums.device)
     _, info = losses.batched_sami_loss(sums[index], n_tokens=counts[index], critic=s.config.sami_critic)

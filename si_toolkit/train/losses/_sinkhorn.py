@@ -147,9 +147,10 @@ def sinkhorn_penalty(
     y = reference_states.detach().to(dtype)  # (M, D)
     if not (bool(torch.isfinite(x).all()) and bool(torch.isfinite(y).all())):
         raise ValueError("policy_states or reference_states hold NaN or inf")
-    if standardize:
-        x, y = _standardize(x, y)
-    with warnings.catch_warnings():
+    # Inside a caller's autocast the cost matrix would be a bf16 matmul, too coarse to converge.
+    with torch.autocast(x.device.type, enabled=False), warnings.catch_warnings():
+        if standardize:
+            x, y = _standardize(x, y)
         # POT warns without context; the plan check below warns once, naming our knobs.
         warnings.filterwarnings("ignore", message=".*did not converge.*")
         res = _pot().solve_sample(
