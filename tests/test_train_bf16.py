@@ -95,3 +95,26 @@ def test_bf16_loss_is_float32s_up_to_bf16_rounding(tiny_backend, write_set) -> N
     cosine = torch.nn.functional.cosine_similarity(flat(mixed_grads), flat(full_grads), dim=0)
     assert float(cosine) > 0.99
     assert all(g.dtype == torch.float32 for g in mixed_grads.values())  # float32 master gradients
+
+
+def test_a_reference_stored_for_autocast_computes_the_same_bits(tiny_backend) -> None:
+    """Its Linear weights in bf16 (what autocast casts them to anyway), the embeddings in float32:
+    under autocast, hidden states and log-probs equal the float32 model's exactly."""
+    import copy
+
+    from si_toolkit.train.memory import store_for_autocast
+
+    model = tiny_backend.model
+    stored = copy.deepcopy(model)
+    store_for_autocast(stored, torch.bfloat16)
+    linear = [m for m in stored.modules() if type(m) is torch.nn.Linear]
+    embedding = stored.get_input_embeddings().weight
+    assert embedding.dtype == torch.float32
+    assert all(m.weight.dtype == torch.bfloat16 for m in linear if m.weight is not embedding)
+    assert any(m.weight.dtype == torch.bfloat16 for m in linear)
+    pairs = [((5, 6, 7, 8), (9, 10, 11)), ((5, 6, 12), (13, 14, 15, 16))]
+    with torch.no_grad(), autocast():
+        want = forward_pairs(model, pairs, pad_id=0, temperature=1.0, layers=[1, -1])
+        got = forward_pairs(stored, pairs, pad_id=0, temperature=1.0, layers=[1, -1])
+    assert torch.equal(got.logp, want.logp)
+    assert all(torch.equal(got.hidden[layer], want.hidden[layer]) for layer in (1, -1))

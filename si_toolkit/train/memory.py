@@ -6,6 +6,8 @@ Three pieces, used by `forward.py`:
   index (one row per pair) and never writes it, so a replayed layer sees the same cache.
 - `checkpointed_layers`: activation checkpointing of the decoder layers (`gradient_checkpointing`).
 - `head_logp` / `head_weight`: the chunked lm-head below.
+- `store_for_autocast`: a frozen reference that runs under bf16 autocast keeps its matmul
+  weights in bf16 (the same results, half their bytes).
 
 The chunked lm-head takes the log-probabilities of the completion tokens straight from the last
 hidden states, a chunk of positions at a time:
@@ -45,7 +47,8 @@ from torch.utils.checkpoint import checkpoint
 from transformers.cache_utils import DynamicLayer
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-__all__ = ["CHUNK_TOKENS", "PromptPrefix", "checkpointed_layers", "head_logp", "head_weight", "read_through"]
+__all__ = ["CHUNK_TOKENS", "PromptPrefix", "checkpointed_layers", "head_logp", "head_weight", "read_through",
+           "store_for_autocast"]
 
 CHUNK_TOKENS = 256  # positions per chunk: 256 x 49152 vocab x 4 B = 50 MB of logits at a time
 
@@ -105,6 +108,25 @@ def _checkpointed_forward(layer: Any, *args: Any, **kwargs: Any) -> Any:
                 module.training = training
 
     return checkpoint(replay, *args, use_reentrant=False, **kwargs)
+
+
+@torch.no_grad()
+def store_for_autocast(model: Any, dtype: torch.dtype) -> None:
+    """Keep in `dtype` the weights autocast casts to it at every use: those of the plain
+    `nn.Linear` layers, unless tied to the input embeddings (an embedding lookup is not cast).
+
+    For a frozen model that only ever runs under that autocast (the reference, with `bf16`) the
+    results are bit-identical (the cast is the same rounding, done once), and those weights take
+    half the memory: 0.21 GB less for the 135M embedded model.
+    """
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    tied = embeddings.weight if embeddings is not None else None
+    for module in model.modules():
+        if type(module) is not torch.nn.Linear or module.weight is tied:
+            continue
+        module.weight.data = module.weight.data.to(dtype)
+        if module.bias is not None:
+            module.bias.data = module.bias.data.to(dtype)
 
 
 def head_weight(lm: Any) -> Tensor | None:

@@ -35,6 +35,7 @@ from si_toolkit.train.checkpoint import latest_checkpoint, load_trainer_state, r
 from si_toolkit.train.config import RESUMABLE_CHANGES, TrainConfig
 from si_toolkit.train.distributed import DistContext, barrier
 from si_toolkit.train.forward import PairModel
+from si_toolkit.train.memory import store_for_autocast
 from si_toolkit.train.metrics import MetricsLog
 from si_toolkit.train.sharding import load_optimizer_state, shard_policy
 from si_toolkit.train.terms import reference_logp_needed, reference_states_needed
@@ -228,6 +229,8 @@ def _load_models(config: TrainConfig, ctx: DistContext, checkpoint: Path | None,
     for model in (policy, reference):
         if model is not None:
             _own_memory(model)
+    if reference is not None and uses_bf16(config, device):
+        store_for_autocast(reference, torch.bfloat16)  # it only runs under the bf16 autocast
     # Eval mode, as TRL's disable_dropout: generation and the no-grad passes score the
     # distribution that generated the samples. Only LoRA dropout (lora_dropout > 0) switches on,
     # inside the loss forward that takes gradients (forward.lora_dropout).
