@@ -151,7 +151,9 @@ def head_logp(hidden: Tensor, weight: Tensor, targets: Tensor, temperature: floa
 
 def _logits(hidden: Tensor, weight: Tensor, temperature: float) -> Tensor:
     """(n, V) float32 logits / T of n positions (matmul in the model's dtype, as its head does)."""
-    logits = (hidden @ weight.T).float()
+    # F.linear, not hidden @ weight.T: autocast caches its bf16 cast of the weight (a leaf) for the
+    # whole forward or backward; the transposed view would be cast again for every chunk.
+    logits = torch.nn.functional.linear(hidden, weight).float()
     return logits / temperature if temperature != 1.0 else logits
 
 
@@ -214,7 +216,9 @@ def _head_backward(ctx: Any, grad: Tensor, flat_hidden: Tensor, weight: Tensor, 
         h, g = flat_hidden[part], grad[part, None]  # (n, D), (n, 1)
         d_logits = torch.exp(_logits(h, weight, ctx.temperature) - lse[part, None]).mul_(-g)  # −g·softmax
         d_logits.scatter_add_(-1, flat_targets[part, None], g)  # + g at the target
-        d_logits = (d_logits / ctx.temperature).to(weight.dtype)  # through l = W·h / T
+        if ctx.temperature != 1.0:
+            d_logits /= ctx.temperature  # through l = W·h / T
+        d_logits = d_logits.to(weight.dtype)
         if grad_hidden is not None:
             grad_hidden[part] = d_logits @ weight
         if grad_weight is not None:
