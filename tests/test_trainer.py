@@ -114,6 +114,35 @@ def test_sami_matrix_equals_the_scoring_stage(tiny_backend, pair_set) -> None:
             assert [every[int(index[m, i, j])][0] for i in range(2)] == list(group.variant_prompt_ids)
 
 
+def test_sami_cross_pairs_stop_at_the_span_end(tiny_backend, pair_set) -> None:
+    """With sami_span=cot a cross pair carries its completion up to the CoT's end only, and its
+    span sum equals the scorer's over the whole completion, cut at the same place."""
+    from dataclasses import replace
+
+    from si_toolkit.backends.base import SamplingConfig
+
+    prompt = load_prompts("builtin:arithmetic", n=1).prompts[0]
+    texts = [v.text for v in pair_set.variants]
+    group = rollout_group(tiny_backend, tiny_backend.tokenizer, prompt, texts, num_generations=4,
+                          sampling=SamplingConfig(max_new_tokens=12), prefill=True, seed=0, step=1, position=0)
+    ends = [5, 3, 7, 1]
+    group = replace(group, rollouts=tuple(replace(r, cot_end=min(e, len(r.token_ids))) for r, e in zip(group.rollouts, ends)))
+    pairs, index, bounds = sami_pairs([group], 2, "cot")
+    diagonal = [(r.prompt_ids, r.token_ids) for r in group.rollouts]
+    out = forward_pairs(tiny_backend.model, diagonal + pairs, pad_id=tiny_backend.tokenizer.pad_token_id, temperature=1.0)
+    sums, _ = span_sums(out.logp, span_mask(bounds, out.logp.shape[1], out.logp.device) & out.mask)
+    for m in range(2):
+        for i in range(2):
+            for j in range(2):
+                row = int(index[m, i, j])
+                if i == j:
+                    continue
+                y = group.rollouts[int(index[m, j, j])]  # the completion of column j, from its diagonal entry
+                assert pairs[row - len(diagonal)] == (group.variant_prompt_ids[i], y.token_ids[: y.cot_end])
+                scored = tiny_backend.score([ScoreRequest(tuple(group.variant_prompt_ids[i]), tuple(y.token_ids))])[0]
+                assert float(sums[row]) == pytest.approx(float(scored[: y.cot_end].sum()), abs=1e-4)
+
+
 STEM = tuple(range(100, 120))  # 20 tokens: prompts that start with it share a stem (>= 16 tokens)
 
 

@@ -120,7 +120,8 @@ def sami_pairs(groups: Sequence[Group], k: int, span: Span) -> tuple[list[Pair],
     """Off-diagonal pairs and the index table of the SAMI matrices of these groups.
 
     Returns:
-        pairs: the K(K−1) off-diagonal (prompt under c_i, completion y_{j,r}) pairs per matrix.
+        pairs: the K(K−1) off-diagonal (prompt under c_i, completion y_{j,r}) pairs per matrix,
+            each completion cut after the span (at least one token kept).
         index: (M, K, K) long; index[m, i, j] is the row of L[i, j] in [diagonal pairs; pairs].
         bounds: span bounds of the completion of every row, diagonal rows first.
     """
@@ -140,9 +141,12 @@ def sami_pairs(groups: Sequence[Group], k: int, span: Span) -> tuple[list[Pair],
                         table[i][j] = where[(j, rep)]
                         continue
                     y = diagonal[where[(j, rep)]]
+                    start, end = span_bounds(y, span)
                     table[i][j] = len(diagonal) + len(pairs)
-                    pairs.append((g.variant_prompt_ids[i], y.token_ids))
-                    bounds.append(span_bounds(y, span))
+                    # Tokens after the span cannot move the log-probs inside it (causal attention):
+                    # the cross pair stops at the span's end, which spares the answer tokens' compute.
+                    pairs.append((g.variant_prompt_ids[i], y.token_ids[: max(end, 1)]))
+                    bounds.append((start, end))
             tables.append(table)
     return pairs, torch.tensor(tables, dtype=torch.long), bounds
 
