@@ -123,6 +123,40 @@ def test_grouped_attention_equals_sdpa(tiny_backend, steps) -> None:
     torch.testing.assert_close(fast, reference, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("padded", [True, False], ids=["left-padded-mask", "no-mask-causal"])
+def test_grouped_attention_with_gradients_equals_sdpa(tiny_backend, padded) -> None:
+    """A pass that takes gradients (the trainer's) runs the CPU attention on many query tokens:
+    logits and weight gradients equal SDPA's, with a padding mask or none (causal)."""
+    import torch
+
+    from si_toolkit.backends.cpu_attention import grouped_attention
+
+    model = tiny_backend.model
+    ids = torch.randint(5, 200, (3, 11))
+    mask = torch.ones_like(ids)
+    if padded:
+        mask[0, :4] = 0
+    positions = (mask.cumsum(1) - 1).clamp(min=0)
+    upstream = torch.randn(3, 11, model.config.vocab_size) * mask[..., None]  # padding is never scored
+
+    def logits_and_grads() -> tuple[torch.Tensor, list[torch.Tensor]]:
+        model.zero_grad(set_to_none=True)
+        logits = model(input_ids=ids, attention_mask=mask if padded else None, position_ids=positions).logits
+        (logits * upstream).sum().backward()
+        return logits.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    reference, reference_grads = logits_and_grads()
+    with grouped_attention(model, "cpu"):
+        fast, fast_grads = logits_and_grads()
+    model.zero_grad(set_to_none=True)
+    real = mask.bool()  # what padding positions output is unused (their keys are masked everywhere)
+    torch.testing.assert_close(fast[real], reference[real], atol=1e-5, rtol=1e-5)
+    assert bool(torch.isfinite(fast).all())
+    assert len(fast_grads) == len(reference_grads)
+    for got, want in zip(fast_grads, reference_grads):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
 def _draws(logits, cfg: SamplingConfig, n: int = 4000) -> np.ndarray:
     import torch
 

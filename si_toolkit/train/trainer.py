@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from si_toolkit.backends.cpu_attention import grouped_attention
 from si_toolkit.errors import SIError
 from si_toolkit.principles import PrincipleSet
 from si_toolkit.train import losses
@@ -136,7 +137,9 @@ def train_step(s: Session, step: int, reward_fn: RewardHook | None = None) -> di
     batches = _micro_batches(s, groups, advantages.float())  # whole prompts; fixed reference / old log-probs
     stats = StatSums()
     models = Models(model=s.model, policy=s.current, pad_id=s.pad_id, ctx=s.ctx, precision=s.autocast)
-    with _dropout_rng(s, step):
+    # The CPU attention for passes with gradients (backends/cpu_attention.py) stays on until the
+    # last backward, so that checkpointed layers recompute with the attention they ran.
+    with _dropout_rng(s, step), grouped_attention(s.policy, s.backend.device):
         for _ in range(c.num_iterations):
             finite = True
             for i, mb in enumerate(batches):
