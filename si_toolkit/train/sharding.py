@@ -48,8 +48,8 @@ def shard_policy(policy: Any, ctx: DistContext, device: str, *, bf16: bool) -> N
     """fully_shard each decoder layer, then the root module, over all processes (in place).
 
     With bf16 on CUDA the gathered layers are cast to bfloat16 and gradients reduced in float32
-    (`MixedPrecisionPolicy`); on CPU the bf16 autocast of the forward passes does the casting,
-    since gloo's collectives are float32.
+    (`MixedPrecisionPolicy`); on CPU the parameters are gathered in their own dtype and the bf16
+    autocast of the forward passes does the casting (the combination the CPU tests cover).
     """
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
