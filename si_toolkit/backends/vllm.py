@@ -118,11 +118,16 @@ class VLLMBackend:
         seed: int | None = None,
         logprobs_mode: str = "raw_logprobs",
         in_process: bool = False,
+        torchrun: bool = False,
     ) -> None:
         """logprobs_mode: "raw_logprobs" (the model's distribution; what scoring needs) or
         "processed_logprobs" (the distribution actually sampled from, after temperature and
         top-p; what importance weights need). in_process: run the engine core in this process
-        (VLLM_ENABLE_V1_MULTIPROCESSING=0), so `load_weights` reaches the model without copying."""
+        (VLLM_ENABLE_V1_MULTIPROCESSING=0), so `load_weights` reaches the model without copying.
+        torchrun: this process is one rank of a torchrun job whose every rank starts its own
+        engine (vLLM's `external_launcher` executor, in process): the engine joins the job's
+        process group and uses this rank's device; with tensor_parallel_size 1 each rank's
+        engine serves only that rank's requests."""
         if dtype not in _DTYPES:
             raise SIError(f"--dtype {dtype!r}: use float32, bfloat16 or float16")
         given = {"tensor_parallel_size": tensor_parallel_size, "gpu_memory_utilization": gpu_memory_utilization,
@@ -142,7 +147,9 @@ class VLLMBackend:
             raise SIError(f"logprobs_mode={logprobs_mode!r}: use raw_logprobs or processed_logprobs")
         self.engine_options = {"dtype": dtype, "trust_remote_code": trust_remote_code,
                                "logprobs_mode": logprobs_mode, **options}
-        self.in_process = in_process
+        if torchrun:
+            self.engine_options["distributed_executor_backend"] = "external_launcher"
+        self.in_process = in_process or torchrun
         try:
             with _engine_in_process(in_process):
                 self.llm: Any = vllm.LLM(model=self.resolved.path, tokenizer=self.resolved.path, **self.engine_options)

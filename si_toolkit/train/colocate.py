@@ -15,8 +15,11 @@ are copied into it (`push_weights`), so each step samples from the weights being
 - The engine reports the log-prob of each sampled token under the distribution it sampled
   (`processed_logprobs`: after temperature and top-p); the loss compares them with the
   trainer's and corrects with truncated importance weights (`losses.rollout_correction_weights`).
-- One process: under torchrun every rank would need its own engine on its own device, which
-  this mode does not set up; `rollout_backend: hf` runs under torchrun.
+- Under torchrun every rank starts its own engine on its own device (vLLM's
+  `external_launcher` executor, which joins the job's process group), samples its own share
+  of the step's prompts with it, and receives its own copy of the new weights (the whole
+  weights: under FSDP the rank's synced generation copy). Ranks never exchange rollouts, so
+  the engines need no tensor parallelism; tensor_parallel_size must stay 1.
 """
 
 from __future__ import annotations
@@ -33,14 +36,14 @@ __all__ = ["open_rollout_engine", "policy_weights", "push_weights"]
 def open_rollout_engine(config: TrainConfig, backend: Any, ctx: DistContext) -> Any:
     """The vLLM engine that samples the rollouts, started on the files the HF backend loaded (the
     base model, or the checkpoint a full fine-tuning run resumes from), so it starts in sync."""
-    if ctx.enabled:
-        raise SIError(f"rollout_backend=vllm runs in one process, but this run has {ctx.world_size} processes "
-                      "(torchrun); use rollout_backend=hf under torchrun, or run one process")
-    from si_toolkit.backends.vllm import VLLMBackend
+    from si_toolkit.backends.vllm import VLLMBackend, engine_options_from_env
 
+    if ctx.enabled and engine_options_from_env().get("tensor_parallel_size", 1) != 1:
+        raise SIError("rollout_backend=vllm under torchrun starts one engine per process, each on its own device; "
+                      "remove tensor_parallel_size from $SI_VLLM_ENGINE_OPTIONS (or set it to 1)")
     return VLLMBackend(backend.resolved, dtype=config.dtype, trust_remote_code=config.trust_remote_code,
                        gpu_memory_utilization=config.vllm_gpu_memory_utilization, seed=config.seed,
-                       logprobs_mode="processed_logprobs", in_process=True)
+                       logprobs_mode="processed_logprobs", in_process=True, torchrun=ctx.enabled)
 
 
 def policy_weights(model: Any) -> list[tuple[str, Any]]:

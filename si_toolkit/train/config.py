@@ -110,7 +110,7 @@ class TrainConfig:
     temperature: float = _f(1.0, "Sampling temperature (> 0); log-probs are computed at the same temperature.")
     top_p: float = _f(1.0, "Nucleus truncation in (0, 1]; 1 = off (top_k is always off, as in SI-SPEC §1).")
     rollout_backend: Literal["hf", "vllm"] = _f(
-        "hf", "Who samples the rollouts: hf = the policy itself through the toolkit's decode loop; vllm = a vLLM engine in the training process (TRL's colocate mode) that receives the policy's weights after every optimizer step. One process only."
+        "hf", "Who samples the rollouts: hf = the policy itself through the toolkit's decode loop; vllm = a vLLM engine in the training process (TRL's colocate mode) that receives the policy's weights after every optimizer step; under torchrun one engine per process, on that process's device."
     )
     vllm_gpu_memory_utilization: float = _f(
         0.3, "rollout_backend=vllm: share of GPU memory the engine may take (weights + KV cache), in (0, 1]; the rest is training's. TRL's default."
