@@ -151,7 +151,7 @@ class VLLMBackend:
             self.engine_options["distributed_executor_backend"] = "external_launcher"
         self.in_process = in_process or torchrun
         try:
-            with _engine_in_process(in_process):
+            with _engine_in_process(self.in_process):
                 self.llm: Any = vllm.LLM(model=self.resolved.path, tokenizer=self.resolved.path, **self.engine_options)
         except ValueError as err:  # vLLM's checks of the options against the model and the memory
             raise SIError(
