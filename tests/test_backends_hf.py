@@ -212,6 +212,54 @@ def test_shared_stems_group_rows_by_principle() -> None:
     assert MIN_SHARED_STEM > 5
 
 
+def _sampled_with_logits(model, prompts, cfg, monkeypatch, **patches):
+    """(generations, logits of every step) of sample_batch, with decode module attributes patched."""
+    from si_toolkit.backends import decode
+
+    steps = []
+    sample = decode.sample_tokens
+
+    def recording(logits, config, generators):
+        steps.append(logits.clone())
+        return sample(logits, config, generators)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(decode, "sample_tokens", recording)
+        for name, value in patches.items():
+            patched.setattr(decode, name, value)
+        gens = decode.sample_batch(model, prompts, list(range(len(prompts))), cfg, pad_id=0, eos=set(), device="cpu")
+    return gens, steps
+
+
+@pytest.mark.parametrize("questions", [(3, 3), (3, 1)], ids=["stems-of-equal-rows", "stems-of-unequal-rows"])
+def test_stems_kept_once_equal_stems_copied_to_every_row(tiny_backend, monkeypatch, questions) -> None:
+    """The stem cache (a shared stem's keys and values kept once, attention over [stem | own
+    tokens]) and a cache widened a few positions at a time give the logits of the plain path (the
+    stem copied into every row of one cache allocated for every new token), at every step."""
+    import torch
+
+    from si_toolkit.backends import decode
+
+    tok = tiny_backend.tokenizer
+    # The pirate's stem is longer than the butler's whole prompt, so the stems are left-padded.
+    principles = ("Be a pirate, and say arr at the start of every sentence you write. " * 4,
+                  "Be a butler, sir, and answer with great and formal courtesy.")
+    prompts = [render_prompt_ids(tok, principle, f"What is {q} + {q}?" + " Please." * q)
+               for principle, n in zip(principles, questions) for q in range(n)]
+    stems, _ = decode.shared_stems(sorted(prompts))
+    assert len(stems) == 2 and min(len(s) for s in stems) >= decode.MIN_SHARED_STEM  # the stem path runs
+    assert len(stems[0]) != len(stems[1])
+    cfg = SamplingConfig(max_new_tokens=12)
+    with torch.no_grad():
+        fast, fast_logits = _sampled_with_logits(tiny_backend.model, prompts, cfg, monkeypatch, CACHE_GROWTH=4)
+        plain, plain_logits = _sampled_with_logits(tiny_backend.model, prompts, cfg, monkeypatch, CACHE_GROWTH=1000,
+                                                   grouped_attention_active=lambda model: False)
+    assert [g.token_ids for g in fast] == [g.token_ids for g in plain]
+    assert len(fast_logits) == len(plain_logits) == 12
+    for got, want in zip(fast_logits, plain_logits):
+        torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-5)
+
+
 def test_greedy_is_argmax_and_independent_of_batch_mates(tiny_backend) -> None:
     import torch
 

@@ -1,4 +1,5 @@
-"""Grouped-query attention on CPU for one-token decode steps and for passes that take gradients.
+"""Grouped-query attention on CPU for one-token decode steps, for passes that take gradients,
+and for sampling batches whose rows share prompt stems.
 
 PyTorch's fused CPU attention (SDPA's flash kernel) is built for long queries without
 gradients; for a query of one token it took 45 % of a decode step of the embedded model (2-core
@@ -14,19 +15,63 @@ a GPU, dropout, soft-capping, attention sinks, a float mask) goes to transformer
 function: for scoring passes the same formulation was measured slower than the flash kernel
 (29.9 vs 20.8 ms for 16 x 172 x 172), because its fp32 softmax over (queries x keys) is
 memory-bound on this CPU.
+
+Shared stems (`attending_to_stems`): when the rows of a sampling batch start with a few shared
+stems (the system turn of each principle), the stems' keys and values are kept once per stem
+rather than once per row, and attention reads them once for all the rows of a stem: one
+matmul per (stem, KV head) whose rows are the queries of every row of that stem. A decode step
+is bound by reading the KV cache, so not reading the stem once per row saves most of that
+(vLLM's prefix caching keeps a shared prefix once for the same reason). The stem scores and
+each row's own scores share one softmax, so the result is the attention over [stem | own
+tokens], up to rounding.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-__all__ = ["grouped_attention", "ATTENTION_NAME"]
+__all__ = ["grouped_attention", "ATTENTION_NAME", "StemCache", "attending_to_stems", "grouped_attention_active"]
 
 ATTENTION_NAME = "si_grouped_sdpa"  # the name registered with transformers' attention interface
+
+
+@dataclass(frozen=True)
+class StemCache:
+    """Keys and values of the stems that rows of a batch share, once per stem.
+
+    Row b's context is [stem of b | b's own tokens]; the own tokens live in the model's KV cache,
+    the stems here. The rows of a stem are consecutive in the batch.
+    """
+
+    keys: list[torch.Tensor]  # per layer: (n_stems, KV heads, S, head dim), stems left-padded to S
+    values: list[torch.Tensor]
+    row_mask: torch.Tensor  # (B, S) bool: row b may attend to its stem's position (not padding)
+    bounds: list[tuple[int, int]]  # per stem: its rows are start..end-1
+
+
+_STEMS: ContextVar[StemCache | None] = ContextVar("si_shared_stems", default=None)
+
+
+@contextlib.contextmanager
+def attending_to_stems(stems: StemCache | None) -> Iterator[None]:
+    """Inside the block, attention layers also attend to each row's stem in `stems` (None: no-op).
+    Needs the grouped attention (`grouped_attention`) to be in place."""
+    token = _STEMS.set(stems)
+    try:
+        yield
+    finally:
+        _STEMS.reset(token)
+
+
+def grouped_attention_active(model: Any) -> bool:
+    """Whether `model` currently runs this module's attention (inside `grouped_attention` on CPU)."""
+    return getattr(getattr(model, "config", None), "_attn_implementation", None) == ATTENTION_NAME
 
 
 def _attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -35,9 +80,12 @@ def _attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch
     """(B, H, q, D) queries against (B, Hkv, L, D) keys/values -> (B, q, H, D), as transformers expects."""
     batch, heads, q_len, dim = query.shape
     kv_heads, kv_len = key.shape[1], key.shape[2]
-    covered = ((q_len == 1 or torch.is_grad_enabled()) and query.device.type == "cpu" and heads % kv_heads == 0
-               and not dropout and kwargs.get("softcap") is None and kwargs.get("s_aux") is None
-               and (attention_mask is None or attention_mask.dtype == torch.bool))
+    stems = _STEMS.get()
+    covered = ((q_len == 1 or torch.is_grad_enabled() or stems is not None) and query.device.type == "cpu"
+               and heads % kv_heads == 0 and not dropout and kwargs.get("softcap") is None
+               and kwargs.get("s_aux") is None and (attention_mask is None or attention_mask.dtype == torch.bool))
+    if stems is not None and not covered:
+        raise RuntimeError("shared stems need the grouped CPU attention; this layer cannot use it")
     if not covered:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -57,9 +105,52 @@ def _attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch
         # finite (unused) output instead of NaN, which would reach real rows through its values.
         # In place: bmm's backward does not need its output.
         scores.masked_fill_(~attention_mask[:, :, None], torch.finfo(scores.dtype).min)
+    if stems is not None:
+        return _attention_with_stems(q, scores, value, stems, module.layer_idx), None
     probs = torch.softmax(scores, -1, dtype=torch.float32).to(value.dtype)  # fp32 inside the kernel
     out = torch.bmm(probs.view(rows, group * q_len, kv_len), value.reshape(rows, kv_len, dim))
     return out.view(batch, heads, q_len, dim).transpose(1, 2), None
+
+
+def _attention_with_stems(q: torch.Tensor, own_scores: torch.Tensor, value: torch.Tensor, stems: StemCache,
+                          layer: int) -> torch.Tensor:
+    """Attention over [stem | own tokens] of every row, the stem part read once per stem.
+
+    q: (B·KV heads, G·q, D) scaled queries; own_scores: (B, KV heads, G, q, L) masked scores
+    against the row's own keys; value: (B, KV heads, L, D). Returns (B, q, H, D).
+    """
+    batch, kv_heads, group, q_len, kv_len = own_scores.shape
+    stem_keys, stem_values = stems.keys[layer], stems.values[layer]
+    width, dim = stem_keys.shape[2], stem_keys.shape[3]
+    stem_scores = _by_stem(q.view(batch, kv_heads, group * q_len, dim), stem_keys.transpose(2, 3), stems)
+    stem_scores.masked_fill_(~stems.row_mask[:, None, None, :], torch.finfo(stem_scores.dtype).min)
+    scores = torch.cat([stem_scores.view(batch, kv_heads, group, q_len, width), own_scores], -1)
+    probs = torch.softmax(scores, -1, dtype=torch.float32)
+    stem_probs = probs[..., :width].to(value.dtype).reshape(batch, kv_heads, group * q_len, width)
+    own_probs = probs[..., width:].to(value.dtype).reshape(batch * kv_heads, group * q_len, kv_len)
+    own = torch.bmm(own_probs, value.reshape(batch * kv_heads, kv_len, dim))
+    # Both halves are summed in fp32, then rounded once, as one matmul over [stem | own] would.
+    out = own.view(batch, kv_heads, group * q_len, dim).float() + _by_stem(stem_probs, stem_values, stems).float()
+    return out.to(value.dtype).view(batch, kv_heads * group, q_len, dim).transpose(1, 2)
+
+
+def _by_stem(per_row: torch.Tensor, per_stem: torch.Tensor, stems: StemCache) -> torch.Tensor:
+    """per_row[b] @ per_stem[stem of b] for every row b: (B, KV heads, M, E) with (n_stems, KV
+    heads, E, F) -> (B, KV heads, M, F). The M rows of all the rows of one stem are stacked into
+    one matmul per (stem, KV head): a single call when every stem has as many rows."""
+    batch, kv_heads, m, e = per_row.shape
+    f = per_stem.shape[-1]
+    sizes = {end - start for start, end in stems.bounds}
+    if len(sizes) == 1:
+        n, k = sizes.pop(), len(stems.bounds)
+        stacked = per_row.view(k, n, kv_heads, m, e).transpose(1, 2).reshape(k * kv_heads, n * m, e)
+        out = torch.bmm(stacked, per_stem.reshape(k * kv_heads, e, f))
+        return out.view(k, kv_heads, n, m, f).transpose(1, 2).reshape(batch, kv_heads, m, f)
+    parts = []
+    for s, (start, end) in enumerate(stems.bounds):
+        stacked = per_row[start:end].transpose(0, 1).reshape(kv_heads, (end - start) * m, e)
+        parts.append(torch.bmm(stacked, per_stem[s]).view(kv_heads, end - start, m, f).transpose(0, 1))
+    return torch.cat(parts, 0)
 
 
 @contextlib.contextmanager

@@ -13,7 +13,9 @@ after top-k and top-p have set the removed tokens to -inf.
 What makes it fast on a CPU (each measured in benchmarks/README.md):
 * the KV cache is allocated once (transformers' StaticCache) instead of growing by
   concatenation, which copied the whole cache at every step;
-* prompts that share a long stem (the system turn of one principle) compute it once (`_prefill`);
+* prompts that share a long stem (the system turn of one principle) compute it once (`_prefill`),
+  and on CPU keep its keys and values once (`cpu_attention.StemCache`): a decode step reads the
+  stem once per stem instead of once per row, which is most of what it reads;
 * one-token steps use `cpu_attention.grouped_attention` in place of SDPA's flash kernel.
 """
 
@@ -26,7 +28,7 @@ from typing import Any
 import torch
 
 from si_toolkit.backends.base import Generation, SamplingConfig
-from si_toolkit.backends.cpu_attention import grouped_attention
+from si_toolkit.backends.cpu_attention import StemCache, attending_to_stems, grouped_attention, grouped_attention_active
 
 __all__ = ["sample_batch", "sample_tokens", "shared_stems", "left_pad", "cache_kwarg", "output_cache"]
 
@@ -71,10 +73,20 @@ def _top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
 def sample_batch(model: Any, prompts: list[list[int]], row_seeds: list[int], config: SamplingConfig, *,
                  pad_id: int, eos: set[int], device: str) -> list[Generation]:
     """Sample one continuation per prompt; row b uses seed row_seeds[b]."""
-    generators = [torch.Generator().manual_seed(int(s)) for s in row_seeds]
+    # Rows in prompt order, so the rows that share a stem sit side by side (what the stem cache
+    # needs); each row keeps its own seed, so the order changes nothing but float rounding.
+    order = sorted(range(len(prompts)), key=lambda b: prompts[b])
+    generators = [torch.Generator().manual_seed(int(row_seeds[b])) for b in order]
     with grouped_attention(model, device):
-        out, cache, mask, next_position = _prefill(model, prompts, config.max_new_tokens, pad_id, device)
-        return _decode_loop(model, out, cache, mask, next_position, generators, config, pad_id=pad_id, eos=eos)
+        out, cache, mask, next_position, stems = _prefill(model, [prompts[b] for b in order], config.max_new_tokens,
+                                                          pad_id, device)
+        with attending_to_stems(stems):
+            sorted_rows = _decode_loop(model, out, cache, mask, next_position, generators, config, pad_id=pad_id,
+                                       eos=eos)
+    rows: list[Generation] = [None] * len(prompts)  # type: ignore[list-item]
+    for position, b in enumerate(order):
+        rows[b] = sorted_rows[position]
+    return rows
 
 
 def _decode_loop(model: Any, out: Any, cache: Any, mask: torch.Tensor, next_position: torch.Tensor,
@@ -94,6 +106,7 @@ def _decode_loop(model: Any, out: Any, cache: Any, mask: torch.Tensor, next_posi
         if step + 1 == config.max_new_tokens or bool(done.all()):
             break
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+        _make_room(cache, mask.shape[1])
         out = model(input_ids=token[:, None], attention_mask=mask, position_ids=next_position, use_cache=True,
                     logits_to_keep=1, **{cache_arg: cache})
         cache = output_cache(out)
@@ -104,40 +117,70 @@ def _decode_loop(model: Any, out: Any, cache: Any, mask: torch.Tensor, next_posi
 
 # ---------------------------------------------------------------------- prefill
 MIN_SHARED_STEM = 16  # leading tokens rows must share before their stem is computed once
+CACHE_GROWTH = 32  # a static KV cache has room for this many more tokens at a time (`_make_room`)
 
 
 def _prefill(model: Any, prompts: list[list[int]], max_new_tokens: int, pad_id: int,
-             device: str) -> tuple[Any, Any, torch.Tensor, torch.Tensor]:
-    """Run the prompts; returns (output with last logits, cache, 2-D attention mask, next positions).
+             device: str) -> tuple[Any, Any, torch.Tensor, torch.Tensor, StemCache | None]:
+    """Run the prompts; returns (output with last logits, cache, 2-D attention mask of the cache,
+    next positions, the stems the cache leaves out or None).
 
     Prompts rendered under the same principle share a long stem (the system turn). vLLM computes
-    such a stem once (prefix caching); so does this: the stems run first, their cache rows are
-    copied to every prompt that starts with them, and only the rest of each prompt runs on top.
-    The result equals one pass over the whole prompts up to floating-point rounding.
+    such a stem once (prefix caching); so does this: the stems run first, and only the rest of
+    each prompt runs on top. Under the grouped CPU attention the stems' keys and values stay
+    once per stem (a StemCache; the decode loop must run inside `attending_to_stems`), else they
+    are copied to every row of the cache. The result equals one pass over the whole prompts up
+    to floating-point rounding.
     """
     cache_arg = cache_kwarg(model)
     stems, row_stem = shared_stems(prompts)
     suffixes = [p[len(stems[row_stem[b]]):] for b, p in enumerate(prompts)]
     stem_width, suffix_width = max(len(st) for st in stems), max(len(x) for x in suffixes)
-    cache = _preallocated_cache(model, stem_width + suffix_width + max_new_tokens)
+    room = min(max_new_tokens, CACHE_GROWTH)  # for the first generated tokens; `_make_room` adds more
+    cache = _preallocated_cache(model, stem_width + suffix_width + room)
     if stem_width == 0 or cache is None or not _plain_static_layers(cache):
         ids, mask = left_pad(prompts, pad_id, device)
         positions = (mask.cumsum(1) - 1).clamp(min=0)
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1,
                     **({cache_arg: cache} if cache is not None else {}))
-        return out, output_cache(out), mask, positions[:, -1:] + 1
+        return out, output_cache(out), mask, positions[:, -1:] + 1, None
     stem_ids, stem_mask = left_pad(stems, pad_id, device)
+    index = torch.tensor(row_stem, device=device)
+    suffix_ids, suffix_mask = left_pad(suffixes, pad_id, device)
+    positions = stem_mask.sum(1).index_select(0, index)[:, None] + (suffix_mask.cumsum(1) - 1).clamp(min=0)
+    if grouped_attention_active(model) and row_stem == sorted(row_stem):  # a stem's rows side by side
+        return _prefill_with_stem_cache(model, stem_ids, stem_mask, index, suffix_ids, suffix_mask, positions,
+                                        suffix_width + room)
     model(input_ids=stem_ids, attention_mask=stem_mask, position_ids=(stem_mask.cumsum(1) - 1).clamp(min=0),
           use_cache=True, logits_to_keep=1, **{cache_arg: cache})
-    index = torch.tensor(row_stem, device=device)
     for layer in cache.layers:  # one cache row per prompt, holding its stem's keys and values
         layer.keys, layer.values = layer.keys.index_select(0, index), layer.values.index_select(0, index)
-    suffix_ids, suffix_mask = left_pad(suffixes, pad_id, device)
     mask = torch.cat([stem_mask.index_select(0, index), suffix_mask], 1)  # [stem | suffix], padding inside
-    positions = stem_mask.sum(1).index_select(0, index)[:, None] + (suffix_mask.cumsum(1) - 1).clamp(min=0)
     out = model(input_ids=suffix_ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1,
                 **{cache_arg: cache})
-    return out, output_cache(out), mask, positions[:, -1:] + 1
+    return out, output_cache(out), mask, positions[:, -1:] + 1, None
+
+
+def _prefill_with_stem_cache(model: Any, stem_ids: torch.Tensor, stem_mask: torch.Tensor, row_stem: torch.Tensor,
+                             suffix_ids: torch.Tensor, suffix_mask: torch.Tensor, positions: torch.Tensor,
+                             own_width: int) -> tuple[Any, Any, torch.Tensor, torch.Tensor, StemCache | None]:
+    """The stems into a cache of their own, kept once per stem; each row's suffix (and later its
+    generated tokens) into the row's own cache of `own_width` positions."""
+    cache_arg = cache_kwarg(model)
+    stem_cache = _preallocated_cache(model, stem_ids.shape[1])
+    model(input_ids=stem_ids, attention_mask=stem_mask, position_ids=(stem_mask.cumsum(1) - 1).clamp(min=0),
+          use_cache=True, logits_to_keep=1, **{cache_arg: stem_cache})
+    counts = torch.bincount(row_stem, minlength=stem_ids.shape[0]).tolist()
+    ends = [sum(counts[: s + 1]) for s in range(len(counts))]
+    stems = StemCache(keys=[layer.keys for layer in stem_cache.layers],
+                      values=[layer.values for layer in stem_cache.layers],
+                      row_mask=stem_mask.bool().index_select(0, row_stem),
+                      bounds=[(end - n, end) for end, n in zip(ends, counts)])
+    own_cache = _preallocated_cache(model, own_width)
+    with attending_to_stems(stems):
+        out = model(input_ids=suffix_ids, attention_mask=suffix_mask, position_ids=positions, use_cache=True,
+                    logits_to_keep=1, **{cache_arg: own_cache})
+    return out, output_cache(out), suffix_mask, positions[:, -1:] + 1, stems
 
 
 def shared_stems(prompts: list[list[int]]) -> tuple[list[list[int]], list[int]]:
@@ -212,12 +255,31 @@ def _trim(tokens: list[int], eos: set[int]) -> Generation:
     return Generation(token_ids=tokens, finish_reason="length")
 
 
+def _make_room(cache: Any, needed: int) -> None:
+    """Widen a static cache by CACHE_GROWTH positions when it holds fewer than `needed`.
+
+    Attention reads the whole allocation at every step, filled or not, so the cache grows with
+    the generated tokens rather than being allocated for max_new_tokens up front: on a CPU a
+    decode step is bound by reading the cache. Each widening copies the cache, CACHE_GROWTH
+    times less often than growing by concatenation at every step would.
+    """
+    layers = getattr(cache, "layers", None)
+    if not layers or not _plain_static_layers(cache) or layers[0].max_cache_len >= needed:
+        return
+    for layer in layers:
+        for name in ("keys", "values"):
+            held = getattr(layer, name)
+            setattr(layer, name, torch.cat([held, held.new_zeros(*held.shape[:2], CACHE_GROWTH, held.shape[3])], 2))
+        layer.max_cache_len += CACHE_GROWTH
+
+
 def _preallocated_cache(model: Any, length: int) -> Any:
     """A KV cache allocated once for the whole generation (None: let the model make its own).
 
     The default cache grows by concatenation, copying every key and value at every step; at 64
     rows on a CPU that copying took longer than the model's matmuls. The static cache writes
-    each step in place; attention then spans the whole allocation (masked), a smaller cost.
+    each step in place; attention then spans the whole allocation (masked), a smaller cost,
+    which `_make_room` keeps small by widening it CACHE_GROWTH positions at a time.
     """
     try:
         from transformers import StaticCache
