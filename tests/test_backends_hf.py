@@ -260,6 +260,33 @@ def test_stems_kept_once_equal_stems_copied_to_every_row(tiny_backend, monkeypat
         torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_packed_linears_compute_what_linear_computes(tiny_model_dir, dtype) -> None:
+    """Inside packed_linears every nn.Linear multiplies by a packed copy of its weight, with the
+    same result; the plain forward is back after; passes with gradients or autocast are left alone."""
+    import torch
+
+    from si_toolkit.backends.cpu_linear import packed_linears
+    from si_toolkit.models import ResolvedModel, load_causal_lm
+
+    model = load_causal_lm(ResolvedModel(ref=str(tiny_model_dir), name="tiny", path=str(tiny_model_dir)),
+                           dtype=dtype, device="cpu")
+    ids = torch.randint(5, 300, (3, 7))
+    linears = [m for m in model.modules() if type(m) is torch.nn.Linear]
+    assert linears
+    with torch.no_grad():
+        want = model(input_ids=ids).logits
+        with packed_linears(model, "cpu"):
+            assert all("forward" in m.__dict__ for m in linears)  # every layer packed
+            got = model(input_ids=ids).logits
+    assert not any("forward" in m.__dict__ for m in linears)  # restored
+    assert torch.equal(got, want)  # the same oneDNN kernels: bit for bit
+    with packed_linears(model, "cpu"):  # gradients enabled: plain layers
+        assert not any("forward" in m.__dict__ for m in linears)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16), packed_linears(model, "cpu"):
+        assert not any("forward" in m.__dict__ for m in linears)
+
+
 def test_greedy_is_argmax_and_independent_of_batch_mates(tiny_backend) -> None:
     import torch
 

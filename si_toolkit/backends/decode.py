@@ -16,7 +16,8 @@ What makes it fast on a CPU (each measured in benchmarks/README.md):
 * prompts that share a long stem (the system turn of one principle) compute it once (`_prefill`),
   and on CPU keep its keys and values once (`cpu_attention.StemCache`): a decode step reads the
   stem once per stem instead of once per row, which is most of what it reads;
-* one-token steps use `cpu_attention.grouped_attention` in place of SDPA's flash kernel.
+* one-token steps use `cpu_attention.grouped_attention` in place of SDPA's flash kernel;
+* linear layers multiply by weights packed once per call into oneDNN's layout (`cpu_linear`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import torch
 
 from si_toolkit.backends.base import Generation, SamplingConfig
 from si_toolkit.backends.cpu_attention import StemCache, attending_to_stems, grouped_attention, grouped_attention_active
+from si_toolkit.backends.cpu_linear import packed_linears
 
 __all__ = ["sample_batch", "sample_tokens", "shared_stems", "left_pad", "cache_kwarg", "output_cache"]
 
@@ -77,7 +79,7 @@ def sample_batch(model: Any, prompts: list[list[int]], row_seeds: list[int], con
     # needs); each row keeps its own seed, so the order changes nothing but float rounding.
     order = sorted(range(len(prompts)), key=lambda b: prompts[b])
     generators = [torch.Generator().manual_seed(int(row_seeds[b])) for b in order]
-    with grouped_attention(model, device):
+    with grouped_attention(model, device), packed_linears(model, device):
         out, cache, mask, next_position, stems = _prefill(model, [prompts[b] for b in order], config.max_new_tokens,
                                                           pad_id, device)
         with attending_to_stems(stems):
