@@ -36,20 +36,22 @@ __all__ = ["sample_batch", "sample_tokens", "shared_stems", "left_pad", "cache_k
 
 
 def sample_tokens(logits: torch.Tensor, config: SamplingConfig, generators: Sequence[torch.Generator]) -> torch.Tensor:
-    """One token per row of (B, V) fp32 logits; row b draws its uniform number from generators[b]
-    (CPU generators).
+    """One token per row of (B, V) logits (any float dtype; the CDF is built in fp32); row b draws
+    its uniform number from generators[b] (CPU generators).
 
     Inverse-CDF sampling: one uniform per row and step, where Gumbel-max needs V of them (and two
     logarithms over the whole (B, V) block, which on a CPU cost as much as the lm-head).
     """
-    if config.temperature != 1.0:
-        logits = logits / config.temperature
-    if config.top_k > 0 and config.top_k < logits.shape[-1]:
+    truncated = (0 < config.top_k < logits.shape[-1]) or config.top_p < 1.0
+    if config.temperature != 1.0 or truncated:
+        logits = logits.float() / config.temperature
+    if 0 < config.top_k < logits.shape[-1]:
         kth = torch.topk(logits, config.top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if config.top_p < 1.0:
         logits = _top_p_filter(logits, config.top_p)
-    cdf = logits.softmax(-1).cumsum_(-1)  # non-decreasing even in floating point
+    # softmax upcasts bf16 logits inside its kernel (the same values as softmax of a float copy)
+    cdf = torch.softmax(logits, -1, dtype=torch.float32).cumsum_(-1)  # non-decreasing even in floating point
     total = cdf[:, -1]
     # The generators live on the CPU: one number per row costs a microsecond there (a kernel
     # launch per row on a GPU), and a seed then draws the same numbers on every device.
@@ -101,7 +103,7 @@ def _decode_loop(model: Any, out: Any, cache: Any, mask: torch.Tensor, next_posi
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     steps: list[torch.Tensor] = []
     for step in range(config.max_new_tokens):
-        token = sample_tokens(out.logits[:, -1].float(), config, generators)
+        token = sample_tokens(out.logits[:, -1], config, generators)
         token = token.masked_fill(done, pad_id)  # finished rows keep running; their tokens are dropped
         steps.append(token)
         done |= torch.isin(token, eos_ids)
