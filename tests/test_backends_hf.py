@@ -234,8 +234,9 @@ def _sampled_with_logits(model, prompts, cfg, monkeypatch, **patches):
 @pytest.mark.parametrize("questions", [(3, 3), (3, 1)], ids=["stems-of-equal-rows", "stems-of-unequal-rows"])
 def test_stems_kept_once_equal_stems_copied_to_every_row(tiny_backend, monkeypatch, questions) -> None:
     """The stem cache (a shared stem's keys and values kept once, attention over [stem | own
-    tokens]) and a cache widened a few positions at a time give the logits of the plain path (the
-    stem copied into every row of one cache allocated for every new token), at every step."""
+    tokens]), suffixes run in groups of rows of similar length, and a cache widened a few
+    positions at a time give the logits of the plain path (the stem copied into every row of one
+    cache allocated for every new token, one suffix pass), at every step."""
     import torch
 
     from si_toolkit.backends import decode
@@ -251,7 +252,8 @@ def test_stems_kept_once_equal_stems_copied_to_every_row(tiny_backend, monkeypat
     assert len(stems[0]) != len(stems[1])
     cfg = SamplingConfig(max_new_tokens=12)
     with torch.no_grad():
-        fast, fast_logits = _sampled_with_logits(tiny_backend.model, prompts, cfg, monkeypatch, CACHE_GROWTH=4)
+        fast, fast_logits = _sampled_with_logits(tiny_backend.model, prompts, cfg, monkeypatch, CACHE_GROWTH=4,
+                                                 SUFFIX_GROUP_ROWS=2)
         plain, plain_logits = _sampled_with_logits(tiny_backend.model, prompts, cfg, monkeypatch, CACHE_GROWTH=1000,
                                                    grouped_attention_active=lambda model: False)
     assert [g.token_ids for g in fast] == [g.token_ids for g in plain]

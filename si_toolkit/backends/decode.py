@@ -23,7 +23,9 @@ What makes it fast on a CPU (each measured in benchmarks/README.md):
 from __future__ import annotations
 
 import inspect
+import itertools
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -82,10 +84,10 @@ def sample_batch(model: Any, prompts: list[list[int]], row_seeds: list[int], con
     order = sorted(range(len(prompts)), key=lambda b: prompts[b])
     generators = [torch.Generator().manual_seed(int(row_seeds[b])) for b in order]
     with grouped_attention(model, device), packed_linears(model, device):
-        out, cache, mask, next_position, stems = _prefill(model, [prompts[b] for b in order], config.max_new_tokens,
-                                                          pad_id, device)
+        logits, cache, mask, next_position, stems = _prefill(model, [prompts[b] for b in order],
+                                                             config.max_new_tokens, pad_id, device)
         with attending_to_stems(stems):
-            sorted_rows = _decode_loop(model, out, cache, mask, next_position, generators, config, pad_id=pad_id,
+            sorted_rows = _decode_loop(model, logits, cache, mask, next_position, generators, config, pad_id=pad_id,
                                        eos=eos)
     rows: list[Generation] = [None] * len(prompts)  # type: ignore[list-item]
     for position, b in enumerate(order):
@@ -93,17 +95,17 @@ def sample_batch(model: Any, prompts: list[list[int]], row_seeds: list[int], con
     return rows
 
 
-def _decode_loop(model: Any, out: Any, cache: Any, mask: torch.Tensor, next_position: torch.Tensor,
+def _decode_loop(model: Any, logits: torch.Tensor, cache: Any, mask: torch.Tensor, next_position: torch.Tensor,
                  generators: list[torch.Generator], config: SamplingConfig, *, pad_id: int,
                  eos: set[int]) -> list[Generation]:
-    """Sample a token from the last logits, feed it, repeat; rows stop at their first EOS."""
+    """Sample a token from the (B, V) last logits, feed it, repeat; rows stop at their first EOS."""
     batch, device = mask.shape[0], mask.device
     eos_ids = torch.tensor(sorted(eos), dtype=torch.long, device=device)
     cache_arg = cache_kwarg(model)
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     steps: list[torch.Tensor] = []
     for step in range(config.max_new_tokens):
-        token = sample_tokens(out.logits[:, -1], config, generators)
+        token = sample_tokens(logits, config, generators)
         token = token.masked_fill(done, pad_id)  # finished rows keep running; their tokens are dropped
         steps.append(token)
         done |= torch.isin(token, eos_ids)
@@ -113,7 +115,7 @@ def _decode_loop(model: Any, out: Any, cache: Any, mask: torch.Tensor, next_posi
         _make_room(cache, mask.shape[1])
         out = model(input_ids=token[:, None], attention_mask=mask, position_ids=next_position, use_cache=True,
                     logits_to_keep=1, **{cache_arg: cache})
-        cache = output_cache(out)
+        cache, logits = output_cache(out), out.logits[:, -1]
         next_position = next_position + 1
     tokens = torch.stack(steps, 1).tolist()
     return [_trim(row, eos) for row in tokens]
@@ -122,11 +124,11 @@ def _decode_loop(model: Any, out: Any, cache: Any, mask: torch.Tensor, next_posi
 # ---------------------------------------------------------------------- prefill
 MIN_SHARED_STEM = 16  # leading tokens rows must share before their stem is computed once
 CACHE_GROWTH = 32  # a static KV cache has room for this many more tokens at a time (`_make_room`)
-
+SUFFIX_GROUP_ROWS = 16  # with a stem cache, suffixes run in groups of this many rows of similar length
 
 def _prefill(model: Any, prompts: list[list[int]], max_new_tokens: int, pad_id: int,
-             device: str) -> tuple[Any, Any, torch.Tensor, torch.Tensor, StemCache | None]:
-    """Run the prompts; returns (output with last logits, cache, 2-D attention mask of the cache,
+             device: str) -> tuple[torch.Tensor, Any, torch.Tensor, torch.Tensor, StemCache | None]:
+    """Run the prompts; returns ((B, V) last logits, cache, 2-D attention mask of the cache,
     next positions, the stems the cache leaves out or None).
 
     Prompts rendered under the same principle share a long stem (the system turn). vLLM computes
@@ -147,7 +149,7 @@ def _prefill(model: Any, prompts: list[list[int]], max_new_tokens: int, pad_id: 
         positions = (mask.cumsum(1) - 1).clamp(min=0)
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1,
                     **({cache_arg: cache} if cache is not None else {}))
-        return out, output_cache(out), mask, positions[:, -1:] + 1, None
+        return out.logits[:, -1], output_cache(out), mask, positions[:, -1:] + 1, None
     stem_ids, stem_mask = left_pad(stems, pad_id, device)
     index = torch.tensor(row_stem, device=device)
     suffix_ids, suffix_mask = left_pad(suffixes, pad_id, device)
@@ -162,29 +164,82 @@ def _prefill(model: Any, prompts: list[list[int]], max_new_tokens: int, pad_id: 
     mask = torch.cat([stem_mask.index_select(0, index), suffix_mask], 1)  # [stem | suffix], padding inside
     out = model(input_ids=suffix_ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1,
                 **{cache_arg: cache})
-    return out, output_cache(out), mask, positions[:, -1:] + 1, None
+    return out.logits[:, -1], output_cache(out), mask, positions[:, -1:] + 1, None
 
 
 def _prefill_with_stem_cache(model: Any, stem_ids: torch.Tensor, stem_mask: torch.Tensor, row_stem: torch.Tensor,
                              suffix_ids: torch.Tensor, suffix_mask: torch.Tensor, positions: torch.Tensor,
-                             own_width: int) -> tuple[Any, Any, torch.Tensor, torch.Tensor, StemCache | None]:
+                             own_width: int) -> tuple[torch.Tensor, Any, torch.Tensor, torch.Tensor, StemCache]:
     """The stems into a cache of their own, kept once per stem; each row's suffix (and later its
-    generated tokens) into the row's own cache of `own_width` positions."""
+    generated tokens) into the row's own cache of `own_width` positions.
+
+    Suffixes vary in length (a question of 16 tokens next to one of 49), and a batch left-pads
+    them all to the longest. So they run in groups of rows of similar length, each padded only to
+    its own longest (a third fewer token slots on the sampling benchmark), and the groups' keys
+    and values are then laid out as one left-padded pass would have left them.
+    """
     cache_arg = cache_kwarg(model)
     stem_cache = _preallocated_cache(model, stem_ids.shape[1])
     model(input_ids=stem_ids, attention_mask=stem_mask, position_ids=(stem_mask.cumsum(1) - 1).clamp(min=0),
           use_cache=True, logits_to_keep=1, **{cache_arg: stem_cache})
     counts = torch.bincount(row_stem, minlength=stem_ids.shape[0]).tolist()
-    ends = [sum(counts[: s + 1]) for s in range(len(counts))]
+    ends = list(itertools.accumulate(counts))
     stems = StemCache(keys=[layer.keys for layer in stem_cache.layers],
                       values=[layer.values for layer in stem_cache.layers],
                       row_mask=stem_mask.bool().index_select(0, row_stem),
                       bounds=[(end - n, end) for end, n in zip(ends, counts)])
-    own_cache = _preallocated_cache(model, own_width)
-    with attending_to_stems(stems):
-        out = model(input_ids=suffix_ids, attention_mask=suffix_mask, position_ids=positions, use_cache=True,
-                    logits_to_keep=1, **{cache_arg: own_cache})
-    return out, output_cache(out), suffix_mask, positions[:, -1:] + 1, stems
+    lengths = suffix_mask.sum(1).tolist()
+    groups = _suffix_groups(lengths)
+    if len(groups) == 1:
+        own_cache = _preallocated_cache(model, own_width)
+        with attending_to_stems(stems):
+            out = model(input_ids=suffix_ids, attention_mask=suffix_mask, position_ids=positions, use_cache=True,
+                        logits_to_keep=1, **{cache_arg: own_cache})
+        return out.logits[:, -1], output_cache(out), suffix_mask, positions[:, -1:] + 1, stems
+    logits, parts = None, []
+    for rows in groups:
+        index, width = torch.tensor(rows, device=suffix_ids.device), max(lengths[b] for b in rows)
+        part = _preallocated_cache(model, width)
+        with attending_to_stems(_stems_of_rows(stems, rows)):
+            out = model(input_ids=suffix_ids[index, -width:], attention_mask=suffix_mask[index, -width:],
+                        position_ids=positions[index, -width:], use_cache=True, logits_to_keep=1,
+                        **{cache_arg: part})
+        if logits is None:
+            logits = out.logits.new_empty(len(lengths), out.logits.shape[-1])
+        logits[index] = out.logits[:, -1]
+        parts.append((index, width, output_cache(out)))
+    return logits, _joined_cache(model, parts, suffix_ids.shape[1], own_width), suffix_mask, positions[:, -1:] + 1, stems
+
+
+def _suffix_groups(lengths: list[int]) -> list[list[int]]:
+    """Rows in groups of about SUFFIX_GROUP_ROWS by suffix length, each group in row order (so a
+    stem's rows stay side by side)."""
+    by_length = sorted(range(len(lengths)), key=lambda b: lengths[b])
+    size = -(-len(lengths) // max(1, len(lengths) // SUFFIX_GROUP_ROWS))
+    return [sorted(by_length[start:start + size]) for start in range(0, len(lengths), size)]
+
+
+def _stems_of_rows(stems: StemCache, rows: list[int]) -> StemCache:
+    """The stem cache as the batch of `rows` (ascending) sees it: same stems, those rows' ranges."""
+    counts = [sum(start <= b < end for b in rows) for start, end in stems.bounds]
+    ends = list(itertools.accumulate(counts))
+    return replace(stems, row_mask=stems.row_mask[rows], bounds=[(end - n, end) for end, n in zip(ends, counts)])
+
+
+def _joined_cache(model: Any, parts: list[tuple[torch.Tensor, int, Any]], suffix_width: int, own_width: int) -> Any:
+    """One cache of `own_width` positions for all rows from the groups' caches, each group's keys
+    and values right-aligned at `suffix_width` (where a left-padded pass of all rows puts them)."""
+    cache = _preallocated_cache(model, own_width)
+    batch = sum(len(index) for index, _, _ in parts)
+    for layer_idx in range(len(parts[0][2].layers)):
+        first = parts[0][2].layers[layer_idx]
+        keys = first.keys.new_zeros(batch, first.keys.shape[1], suffix_width, first.keys.shape[3])
+        values = first.values.new_zeros(batch, first.values.shape[1], suffix_width, first.values.shape[3])
+        for index, width, part in parts:
+            keys[index, :, suffix_width - width:] = part.layers[layer_idx].keys
+            values[index, :, suffix_width - width:] = part.layers[layer_idx].values
+        cache.update(keys, values, layer_idx)
+    return cache
 
 
 def shared_stems(prompts: list[list[int]]) -> tuple[list[list[int]], list[int]]:
