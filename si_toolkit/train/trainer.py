@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from si_toolkit.backends.cpu_attention import grouped_attention
+from si_toolkit.backends.cpu_linear import onednn_linears
 from si_toolkit.errors import SIError
 from si_toolkit.principles import PrincipleSet
 from si_toolkit.train import losses
@@ -134,6 +135,25 @@ def train_step(s: Session, step: int, reward_fn: RewardHook | None = None) -> di
     row, step_rewards = _rollout_row(s, groups, rewards)  # step_rewards: the whole step's, rank-major
     advantages = step_advantages(step_rewards, len(rewards), c, s.ctx)
     row = {"step": step, "lr": lr, **row}
+    # float32 linear layers by oneDNN on CPU, forward and backward (backends/cpu_linear.py)
+    with onednn_linears([s.policy, s.current, s.reference], s.backend.device):
+        stats = _optimize(s, step, groups, advantages)
+    if s.rollout is not s.backend:  # a colocated engine samples the next step from the new weights
+        sync_start = time.perf_counter()
+        push_weights(s.rollout, s.current)
+        stats.add("weight_sync_time", time.perf_counter() - sync_start, 1.0)
+    row.update(stats.reduce(s.ctx))
+    row["loss"] = row["loss_grpo"] + c.sami_weight * row.get("loss_sami", 0.0) + c.ot_weight * row.get("sinkhorn", 0.0)
+    row["step_time"] = time.perf_counter() - start
+    row["generation_time"] = generation_time
+    row["tokens_per_s"] = row.pop("_tokens") / max(row["step_time"], 1e-9)
+    return row
+
+
+def _optimize(s: Session, step: int, groups: list[Group], advantages: torch.Tensor) -> StatSums:
+    """The reference / old log-probs, then num_iterations × (loss and backward per micro-batch,
+    clip, optimizer step); returns the step's loss statistics."""
+    c = s.config
     batches = _micro_batches(s, groups, advantages.float())  # whole prompts; fixed reference / old log-probs
     stats = StatSums()
     models = Models(model=s.model, policy=s.current, pad_id=s.pad_id, ctx=s.ctx, precision=s.autocast)
@@ -149,16 +169,7 @@ def train_step(s: Session, step: int, reward_fn: RewardHook | None = None) -> di
                     finite = finite and bool(torch.isfinite(loss.detach()))
                     loss.backward()
             stats.add("grad_norm", _clip_and_step(s, step, finite), 1.0)
-    if s.rollout is not s.backend:  # a colocated engine samples the next step from the new weights
-        sync_start = time.perf_counter()
-        push_weights(s.rollout, s.current)
-        stats.add("weight_sync_time", time.perf_counter() - sync_start, 1.0)
-    row.update(stats.reduce(s.ctx))
-    row["loss"] = row["loss_grpo"] + c.sami_weight * row.get("loss_sami", 0.0) + c.ot_weight * row.get("sinkhorn", 0.0)
-    row["step_time"] = time.perf_counter() - start
-    row["generation_time"] = generation_time
-    row["tokens_per_s"] = row.pop("_tokens") / max(row["step_time"], 1e-9)
-    return row
+    return stats
 
 
 def _generate(s: Session, step: int) -> list[Group]:

@@ -1,0 +1,57 @@
+"""CPU linear layers by oneDNN: packed weights for sampling, forward and backward for training."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from si_toolkit.backends.cpu_linear import _OneDNNLinear, onednn_linears, packed_linears
+
+
+def _patched(model: torch.nn.Module) -> list[bool]:
+    return ["forward" in m.__dict__ for m in model.modules() if type(m) is torch.nn.Linear]
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_onednn_linear_has_the_values_and_gradients_of_linear(bias) -> None:
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(24, 40, bias=bias)
+    x = torch.randn(3, 7, 24, requires_grad=True)
+    grad = torch.randn(3, 40, 7).transpose(1, 2)  # a strided incoming gradient, as attention passes back
+    want = torch.nn.functional.linear(x, layer.weight, layer.bias)
+    want_grads = torch.autograd.grad(want, [x, *layer.parameters()], grad)
+    got = _OneDNNLinear.apply(x, layer.weight, layer.bias)
+    got_grads = torch.autograd.grad(got, [x, *layer.parameters()], grad)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    for g, w in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
+
+
+def test_onednn_linears_cover_float32_outside_autocast_and_restore() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.SiLU(), torch.nn.Linear(16, 4))
+    x = torch.randn(5, 8)
+    want = model(x)
+    calls = []
+    apply = _OneDNNLinear.apply
+    with onednn_linears([model, model], "cpu"):  # a model named twice is patched once
+        assert all(_patched(model))
+        _OneDNNLinear.apply = lambda *a: calls.append(1) or apply(*a)
+        try:
+            got = model(x)
+            with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast: PyTorch's own (bf16) path
+                assert model(x).dtype == torch.bfloat16
+        finally:
+            _OneDNNLinear.apply = apply
+        assert len(calls) == 2  # both layers once, in float32 only
+        with torch.no_grad(), packed_linears(model, "cpu"):  # nested: packed inside, oneDNN again after
+            torch.testing.assert_close(model(x), want, atol=1e-5, rtol=1e-5)
+        assert all(_patched(model))
+    assert not any(_patched(model))
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_onednn_linears_do_nothing_off_cpu() -> None:
+    model = torch.nn.Linear(4, 4)
+    with onednn_linears([model], "cuda"):
+        assert not any(_patched(model))
