@@ -5,7 +5,8 @@
     .venv/bin/python benchmarks/bench_sampling.py --compile     # adds the HF loop under torch.compile
 
 Every (variant, prompt) of the workload is sampled at T = 1 for exactly --length tokens
-(EOS ignored on both sides, so both generate the same number of tokens). The HF side is the
+(EOS ignored on both sides, so both generate the same number of tokens); with --vllm the two
+run in turn within each repeat, so drift of a shared machine slows both alike. The HF side is the
 decode loop `si sample` runs (`backends.decode.sample_batch`, per-row seeds), with the prompts in
 batches of --batch sequences, as the sampling stage groups its units (sampling.SEQUENCES_PER_CALL).
 """
@@ -13,6 +14,7 @@ batches of --batch sequences, as the sampling stage groups its units (sampling.S
 from __future__ import annotations
 
 import argparse
+import statistics
 
 import common
 
@@ -45,7 +47,15 @@ def main() -> None:
             sample_batch(backend.model, prefixes[start:start + args.batch], seeds[start:start + args.batch], config,
                          pad_id=backend._pad_id, eos=set(), device=args.device)
 
-    t_hf, _ = common.median_time(hf_run, args.repeats)
+    vllm_run = _vllm_runner(backend, prefixes, args) if args.vllm else None
+    if vllm_run is None:
+        t_hf, _ = common.median_time(hf_run, args.repeats)
+    else:  # HF and vLLM in turn within each repeat, so a machine that drifts slows both alike
+        t_hf_all, t_v_all = [], []
+        for _ in range(args.repeats):
+            t_hf_all.append(common.median_time(hf_run, 1)[0])
+            t_v_all.append(common.median_time(vllm_run, 1)[0])
+        t_hf, t_v = statistics.median(t_hf_all), statistics.median(t_v_all)
     result = {"dtype": args.dtype, "device": args.device, "sequences": len(prefixes), "tokens": total, "hf_tok_per_s": total / t_hf}
     if args.compile:  # the first run compiles (dynamic shapes: the mask grows by a column per step)
         import time
@@ -59,26 +69,30 @@ def main() -> None:
         t_compiled, _ = common.median_time(hf_run, args.repeats)
         result.update({"compiled_first_run_s": first, "hf_compiled_tok_per_s": total / t_compiled,
                        "ratio_compiled_vs_eager": t_hf / t_compiled})
-    if args.vllm:
-        from vllm import LLM, SamplingParams
-        from vllm.inputs import TokensPrompt
-
-        llm = LLM(model=backend.resolved.path, dtype=args.dtype, max_model_len=1024, enforce_eager=True,
-                  gpu_memory_utilization=0.3, seed=0)
-        params = SamplingParams(temperature=1.0, top_p=1.0, top_k=0, max_tokens=args.length, ignore_eos=True, seed=0)
-        prompts = [TokensPrompt(prompt_token_ids=p) for p in prefixes]
-        llm.generate(prompts[:4], params, use_tqdm=False)
-        # Cold prefix cache for every repeat: vLLM still shares the principles' common stems within
-        # the batch (as the HF loop does), but must not reuse whole prompts from the last repeat.
-        t_v, _ = common.median_time(
-            lambda: (llm.reset_prefix_cache(), llm.generate(prompts, params, use_tqdm=False)), args.repeats)
-        result.update({"vllm_tok_per_s": total / t_v, "ratio_hf_vs_vllm": t_v / t_hf})
+    if vllm_run is not None:
+        result.update({"vllm_tok_per_s": total / t_v, "ratio_hf_vs_vllm": t_v / t_hf,
+                       "repeats_s": {"hf": t_hf_all, "vllm": t_v_all}})
     common.record("sampling", result)
     print(f"HF sampling {result['hf_tok_per_s']:.0f} tok/s"
           + (f"; compiled {result['hf_compiled_tok_per_s']:.0f} tok/s after a first run of "
              f"{result['compiled_first_run_s']:.0f} s; compiled/eager = {result['ratio_compiled_vs_eager']:.2f}x"
              if args.compile else "")
           + (f"; HF/vLLM = {result['ratio_hf_vs_vllm']:.2f}x" if args.vllm else ""))
+
+
+def _vllm_runner(backend, prefixes, args):
+    """One vLLM generation of the whole workload, started with a cold prefix cache."""
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    llm = LLM(model=backend.resolved.path, dtype=args.dtype, max_model_len=1024, enforce_eager=True,
+              gpu_memory_utilization=0.3, seed=0)
+    params = SamplingParams(temperature=1.0, top_p=1.0, top_k=0, max_tokens=args.length, ignore_eos=True, seed=0)
+    prompts = [TokensPrompt(prompt_token_ids=p) for p in prefixes]
+    llm.generate(prompts[:4], params, use_tqdm=False)
+    # Cold prefix cache for every repeat: vLLM still shares the principles' common stems within
+    # the batch (as the HF loop does), but must not reuse whole prompts from the last repeat.
+    return lambda: (llm.reset_prefix_cache(), llm.generate(prompts, params, use_tqdm=False))
 
 
 if __name__ == "__main__":
