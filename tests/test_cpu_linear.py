@@ -55,3 +55,19 @@ def test_onednn_linears_do_nothing_off_cpu() -> None:
     model = torch.nn.Linear(4, 4)
     with onednn_linears([model], "cuda"):
         assert not any(_patched(model))
+
+
+def test_linear_and_matmul_helpers_follow_the_operands() -> None:
+    """float32 CPU operands go to oneDNN (equal values); under autocast PyTorch's bf16 path runs."""
+    from si_toolkit.backends.cpu_linear import linear, matmul
+
+    torch.manual_seed(0)
+    x, w = torch.randn(6, 32, requires_grad=True), torch.randn(48, 32, requires_grad=True)
+    got = linear(x, w)
+    torch.testing.assert_close(got, torch.nn.functional.linear(x, w), atol=1e-5, rtol=1e-5)
+    got.sum().backward()  # gradients flow through the oneDNN route
+    torch.testing.assert_close(w.grad, x.detach().sum(0).expand(48, 32), atol=1e-5, rtol=1e-5)
+    a, b = torch.randn(5, 48), torch.randn(48, 32)
+    torch.testing.assert_close(matmul(a, b), a @ b, atol=1e-5, rtol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert linear(x, w).dtype == torch.bfloat16 and matmul(a, b).dtype == torch.bfloat16

@@ -29,15 +29,18 @@ from typing import Any
 
 import torch
 
-__all__ = ["onednn_linears", "packed_linears"]
+__all__ = ["linear", "matmul", "onednn_linears", "packed_linears"]
 
 _PACKABLE = (torch.bfloat16, torch.float32)
 ROWS_HINT = 64  # the batch oneDNN picks the blocked layout for: a sampling call's rows
 
 
+_ONEDNN = (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+           and hasattr(torch.ops.mkldnn, "_linear_pointwise"))  # this PyTorch build has the oneDNN ops
+
+
 def _packing_available(device: str) -> bool:
-    return (torch.device(device).type == "cpu" and torch.backends.mkldnn.is_available()
-            and hasattr(torch.ops.mkldnn, "_reorder_linear_weight") and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+    return torch.device(device).type == "cpu" and _ONEDNN
 
 
 def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -117,16 +120,33 @@ class _OneDNNLinear(torch.autograd.Function):
         return grad_x, grad_weight, grad_bias
 
 
+def _float32_on_cpu(*tensors: torch.Tensor | None) -> bool:
+    """Whether oneDNN takes these operands: plain float32 CPU tensors, outside autocast. Decided
+    per call: under autocast (bf16, which goes to oneDNN anyway) or with a sharded FSDP parameter
+    (a DTensor subclass) PyTorch's own path runs."""
+    present = [t for t in tensors if t is not None]
+    return (_ONEDNN and not torch.is_autocast_enabled("cpu")
+            and all(type(t) in (torch.Tensor, torch.nn.Parameter) and t.dtype == torch.float32
+                    and t.device.type == "cpu" for t in present))
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x @ weight.T (F.linear without bias), by oneDNN for float32 CPU operands (with gradients)."""
+    if _float32_on_cpu(x, weight):
+        return _OneDNNLinear.apply(x, weight, None)
+    return torch.nn.functional.linear(x, weight)
+
+
+def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b for 2-D operands without gradients, by oneDNN for float32 CPU operands."""
+    return _linear(a, b.t(), None) if _float32_on_cpu(a, b) else a @ b
+
+
 def _onednn_forward(module: torch.nn.Linear):
     def forward(x: torch.Tensor) -> torch.Tensor:
-        weight, bias = module.weight, module.bias
-        # Decided per call: autocast (bf16 goes to oneDNN anyway) or a sharded FSDP parameter
-        # (a DTensor subclass) take PyTorch's own path.
-        plain = type(weight) in (torch.Tensor, torch.nn.Parameter) and (bias is None or type(bias) in (torch.Tensor, torch.nn.Parameter))
-        if (plain and x.dtype == torch.float32 and weight.dtype == torch.float32 and x.device.type == "cpu"
-                and not torch.is_autocast_enabled("cpu")):
-            return _OneDNNLinear.apply(x, weight, bias)
-        return torch.nn.functional.linear(x, weight, bias)
+        if _float32_on_cpu(x, module.weight, module.bias):
+            return _OneDNNLinear.apply(x, module.weight, module.bias)
+        return torch.nn.functional.linear(x, module.weight, module.bias)
 
     return forward
 

@@ -47,6 +47,8 @@ from torch.utils.checkpoint import checkpoint
 from transformers.cache_utils import DynamicLayer
 from transformers.modeling_layers import GradientCheckpointingLayer
 
+from si_toolkit.backends import cpu_linear
+
 __all__ = ["CHUNK_TOKENS", "PromptPrefix", "checkpointed_layers", "head_logp", "head_weight", "read_through",
            "store_for_autocast"]
 
@@ -153,7 +155,7 @@ def _logits(hidden: Tensor, weight: Tensor, temperature: float) -> Tensor:
     """(n, V) float32 logits / T of n positions (matmul in the model's dtype, as its head does)."""
     # F.linear, not hidden @ weight.T: autocast caches its bf16 cast of the weight (a leaf) for the
     # whole forward or backward; the transposed view would be cast again for every chunk.
-    logits = torch.nn.functional.linear(hidden, weight).float()
+    logits = cpu_linear.linear(hidden, weight).float()  # float32 on CPU: oneDNN (backends/cpu_linear.py)
     return logits / temperature if temperature != 1.0 else logits
 
 
@@ -220,7 +222,7 @@ def _head_backward(ctx: Any, grad: Tensor, flat_hidden: Tensor, weight: Tensor, 
             d_logits /= ctx.temperature  # through l = W·h / T
         d_logits = d_logits.to(weight.dtype)
         if grad_hidden is not None:
-            grad_hidden[part] = d_logits @ weight
+            grad_hidden[part] = cpu_linear.matmul(d_logits, weight)
         if grad_weight is not None:
             if torch.is_autocast_enabled(h.device.type):
                 grad_weight += d_logits.T @ h  # a (V, D) bf16 temporary: in-place addmm_ would bypass autocast
