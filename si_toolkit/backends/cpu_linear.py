@@ -6,8 +6,9 @@ works on the weight in a blocked layout it chooses, and packing the weights into
 once per sampling call (what vLLM's CPU build does at load time) made those products
 0.63–0.80× as long for the embedded model's shapes at 64 rows, and its 49k-row lm-head
 0.68× (bf16, 2-core CPU; benchmarks/README.md). Packing the whole embedded model takes about
-75 ms; the packed copies live only inside `packed_linears`. The results equal `F.linear`'s
-(the same oneDNN kernels, tested).
+75 ms; the packed copies live only inside `packed_linears`, and while they do the linear weights
+are held twice (0.27 GB more for the embedded model in bf16, 4 GB more for a 1B-parameter
+model in float32). The results equal `F.linear`'s (the same oneDNN kernels, tested).
 
 Only plain `torch.nn.Linear` modules are packed, in bf16 or fp32, without gradients and outside
 autocast (under autocast the layer must compute in autocast's dtype, as the trainer's loss
