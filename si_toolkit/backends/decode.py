@@ -182,12 +182,10 @@ def _prefill_with_stem_cache(model: Any, stem_ids: torch.Tensor, stem_mask: torc
     stem_cache = _preallocated_cache(model, stem_ids.shape[1])
     model(input_ids=stem_ids, attention_mask=stem_mask, position_ids=(stem_mask.cumsum(1) - 1).clamp(min=0),
           use_cache=True, logits_to_keep=1, **{cache_arg: stem_cache})
-    counts = torch.bincount(row_stem, minlength=stem_ids.shape[0]).tolist()
-    ends = list(itertools.accumulate(counts))
     stems = StemCache(keys=[layer.keys for layer in stem_cache.layers],
                       values=[layer.values for layer in stem_cache.layers],
                       row_mask=stem_mask.bool().index_select(0, row_stem),
-                      bounds=[(end - n, end) for end, n in zip(ends, counts)])
+                      bounds=_bounds(torch.bincount(row_stem, minlength=stem_ids.shape[0]).tolist()))
     lengths = suffix_mask.sum(1).tolist()
     groups = _suffix_groups(lengths)
     if len(groups) == 1:
@@ -222,8 +220,13 @@ def _suffix_groups(lengths: list[int]) -> list[list[int]]:
 def _stems_of_rows(stems: StemCache, rows: list[int]) -> StemCache:
     """The stem cache as the batch of `rows` (ascending) sees it: same stems, those rows' ranges."""
     counts = [sum(start <= b < end for b in rows) for start, end in stems.bounds]
+    return replace(stems, row_mask=stems.row_mask[rows], bounds=_bounds(counts))
+
+
+def _bounds(counts: list[int]) -> list[tuple[int, int]]:
+    """(start, end) row ranges of consecutive stems holding `counts` rows each."""
     ends = list(itertools.accumulate(counts))
-    return replace(stems, row_mask=stems.row_mask[rows], bounds=[(end - n, end) for end, n in zip(ends, counts)])
+    return [(end - n, end) for end, n in zip(ends, counts)]
 
 
 def _joined_cache(model: Any, parts: list[tuple[torch.Tensor, int, Any]], suffix_width: int, own_width: int) -> Any:
