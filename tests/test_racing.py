@@ -115,6 +115,9 @@ def test_race_decides_the_known_order_and_stops_sampling_decided_sets(tiny_model
     assert rows["null"][:2] == ["8", "1"] and rows["clear"][0] == str(prompts["clear"])
     assert rows["clear"][2] == "first: no other set is tied with it"
     assert f"{3 * 64 * 6:,} that sampling every set at --max-prompts 64 takes" in markdown
+    # The run details give each set's own number of prompts, not the first round's.
+    details = next(line for line in markdown.splitlines() if line.startswith("| Prompts |"))
+    assert all(f"{name}: {n}" in details for name, n in prompts.items()), details
 
 
 def test_tied_sets_race_to_max_prompts_and_stay_undecided(tiny_model_dir, tmp_path) -> None:

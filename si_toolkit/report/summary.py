@@ -103,7 +103,7 @@ def run_details(manifest: dict[str, Any], est: dict[str, Any]) -> Table:
         ("Scoring model", str(model.get("scoring_model", model.get("name", NA)))),
         ("Backend, dtype",
          f"{model.get('backend', config.get('backend', NA))}, {model.get('dtype', config.get('dtype', NA))}"),
-        ("Prompts", f"{config.get('prompts', NA)}, n = {config.get('n_prompts', est['sets'][names[0]]['n_prompts'])}"),
+        ("Prompts", f"{config.get('prompts', NA)}, {_prompt_counts(est, names)}"),
         ("K per set", ", ".join(f"{n}: {int(est['sets'][n]['K'])}" for n in names)),
         ("Replicates R", str(sampling.get("replicates", est["sets"][names[0]]["replicates"]))),
         ("Sampling", ", ".join(f"{k} = {v}" for k, v in sampling.items() if k != "replicates") or NA),
@@ -116,6 +116,15 @@ def run_details(manifest: dict[str, Any], est: dict[str, Any]) -> Table:
         ("Git commit", str(manifest.get("git_sha") or NA)),
     )
     return Table(caption="The run, as manifest.json records it.", columns=("Setting", "Value"), rows=rows)
+
+
+def _prompt_counts(est: dict[str, Any], names: list[str]) -> str:
+    """The prompts each set's estimate is on. The config's n_prompts is only the first round of a
+    race (--until-decided), after which sets stop at different numbers of prompts."""
+    counts = {name: int(est["sets"][name]["n_prompts"]) for name in names}
+    if len(set(counts.values())) == 1:
+        return f"n = {counts[names[0]]}"
+    return "n per set: " + ", ".join(f"{name}: {n}" for name, n in counts.items())
 
 
 def method_definitions(est: dict[str, Any]) -> tuple[tuple[str, str], ...]:
