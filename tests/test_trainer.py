@@ -220,6 +220,35 @@ def test_ot_term_needs_two_points_per_cloud(tiny_backend, pair_set, cot_ends, lo
 # ------------------------------------------------------------------ training runs
 
 
+def test_eval_passes_run_float32_linear_layers_on_onednn(tiny_model_dir, pair_set, tmp_path, monkeypatch) -> None:
+    """The eval SAMI bound's passes take the training step's float32 route on CPU (oneDNN)."""
+    from si_toolkit.backends import cpu_linear
+    from si_toolkit.models import ResolvedModel, load_causal_lm
+
+    calls = []
+    apply, bound = cpu_linear._OneDNNLinear.apply, trainer_module._sami_bound
+    monkeypatch.setattr(cpu_linear._OneDNNLinear, "apply", lambda *a: calls.append("eval" if in_eval else "") or apply(*a))
+    in_eval = False
+
+    def counted_bound(*args):
+        nonlocal in_eval
+        in_eval = True
+        try:
+            return bound(*args)
+        finally:
+            in_eval = False
+
+    monkeypatch.setattr(trainer_module, "_sami_bound", counted_bound)
+    cfg = _config(tiny_model_dir, max_steps=1, eval_every=1, eval_prompts="builtin:arithmetic", n_eval_prompts=2)
+    result = train(cfg, pair_set, tmp_path / "run")
+    assert math.isfinite(result.rows[0]["eval_sami_mi_bound"])
+    policy = load_causal_lm(ResolvedModel(ref=str(tiny_model_dir), name="tiny", path=str(tiny_model_dir)),
+                            dtype="float32", device="cpu")
+    linears = sum(type(m) is torch.nn.Linear for m in policy.modules())  # the decoder's layers and the head
+    # Every linear layer of a pass, not only the chunked head (which takes oneDNN anywhere).
+    assert (calls.count("eval") >= linears) == cpu_linear._ONEDNN
+
+
 def test_two_steps_log_every_metric_and_save_a_loadable_checkpoint(tiny_model_dir, pair_set, tmp_path) -> None:
     out = tmp_path / "run"
     cfg = _config(tiny_model_dir, beta=0.05, eval_every=2, eval_prompts="builtin:arithmetic", n_eval_prompts=2)
