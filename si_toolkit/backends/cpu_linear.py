@@ -131,11 +131,11 @@ def _float32_on_cpu(*tensors: torch.Tensor | None) -> bool:
                     and t.device.type == "cpu" for t in present))
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """x @ weight.T (F.linear without bias), by oneDNN for float32 CPU operands (with gradients)."""
-    if _float32_on_cpu(x, weight):
-        return _OneDNNLinear.apply(x, weight, None)
-    return torch.nn.functional.linear(x, weight)
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear, by oneDNN for float32 CPU operands (with gradients)."""
+    if _float32_on_cpu(x, weight, bias):
+        return _OneDNNLinear.apply(x, weight, bias)
+    return torch.nn.functional.linear(x, weight, bias)
 
 
 def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -145,9 +145,7 @@ def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def _onednn_forward(module: torch.nn.Linear):
     def forward(x: torch.Tensor) -> torch.Tensor:
-        if _float32_on_cpu(x, module.weight, module.bias):
-            return _OneDNNLinear.apply(x, module.weight, module.bias)
-        return torch.nn.functional.linear(x, module.weight, module.bias)
+        return linear(x, module.weight, module.bias)
 
     return forward
 
