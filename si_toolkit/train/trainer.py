@@ -316,20 +316,14 @@ def evaluate(s: Session, step: int, reward_fn: RewardHook | None = None) -> dict
     with _sampling_precision(s):
         groups = rollout_groups(s.rollout, s.tokenizer, mine, texts, num_generations=c.num_generations,
                                 sampling=s.sampling, prefill=c.prefill, seed=c.seed, step=0)
-    with onednn_linears([s.current], s.backend.device):  # float32 on CPU: as the training step's passes
-        for group in groups:
-            _evaluate_group(s, group, reward_fn, stats)
+    for group in groups:
+        rewards = _rewards(s, [group], reward_fn)
+        stats.add("eval_reward_mean", float(rewards.mean()), len(rewards))
+        stats.add("eval_format_rate", float(np.mean([r.format_ok for r in group.rollouts])), len(rewards))
+        stats.add("eval_completion_length", float(np.mean([len(r.token_ids) for r in group.rollouts])), len(rewards))
+        if c.num_generations % s.k == 0:
+            stats.add("eval_sami_mi_bound", _sami_bound(s, group), 1.0)
     return stats.reduce(s.ctx)
-
-
-def _evaluate_group(s: Session, group: Group, reward_fn: RewardHook | None, stats: StatSums) -> None:
-    """Add one eval group's reward, format rate, length and SAMI bound to `stats`."""
-    rewards = _rewards(s, [group], reward_fn)
-    stats.add("eval_reward_mean", float(rewards.mean()), len(rewards))
-    stats.add("eval_format_rate", float(np.mean([r.format_ok for r in group.rollouts])), len(rewards))
-    stats.add("eval_completion_length", float(np.mean([len(r.token_ids) for r in group.rollouts])), len(rewards))
-    if s.config.num_generations % s.k == 0:
-        stats.add("eval_sami_mi_bound", _sami_bound(s, group), 1.0)
 
 
 @torch.no_grad()
@@ -337,7 +331,8 @@ def _sami_bound(s: Session, group: Group) -> float:
     """log K − L_SAMI of one group's matrices under the current policy."""
     pairs, index, bounds = sami_pairs([group], s.k, s.config.sami_span)
     diagonal = [(r.prompt_ids, r.token_ids) for r in group.rollouts]
-    with s.autocast():
+    # float32 linear layers by oneDNN on CPU, as in the training step's passes
+    with s.autocast(), onednn_linears([s.current], s.backend.device):
         out = forward_pairs(s.current, diagonal + pairs, pad_id=s.pad_id, temperature=s.config.temperature)
     sums, counts = span_sums(out.logp, span_mask(bounds, out.logp.shape[1], out.logp.device) & out.mask)
     index = index.to(sums.device)
