@@ -10,10 +10,12 @@ rows, because estimating from a partial grid would silently bias every number.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Literal, get_args
 import numpy as np
 import numpy.typing as npt
-import pandas as pd
+
+if TYPE_CHECKING:  # pandas is imported where a table is read: `si train` needs only Span and never loads it
+    import pandas as pd
 
 from si_toolkit.errors import SIError
 
@@ -52,6 +54,8 @@ def _rows_text(rows: pd.DataFrame, columns: list[str]) -> str:
 
 def _select(df: pd.DataFrame, set_name: str, span: str) -> pd.DataFrame:
     """The rows of one set and span, with integer index columns; SIError when unusable."""
+    import pandas as pd
+
     missing = [c for c in SCORE_COLUMNS if c not in df.columns]
     if missing:
         raise SIError(f"scores: column(s) {missing} missing; expected {list(SCORE_COLUMNS)} "
@@ -85,6 +89,8 @@ def _check_duplicates(rows: pd.DataFrame, set_name: str, span: str) -> None:
 
 
 def _check_finite(rows: pd.DataFrame, set_name: str, span: str) -> None:
+    import pandas as pd
+
     logp = pd.to_numeric(rows["logp_sum"], errors="coerce").to_numpy(dtype=np.float64)
     bad = rows[~np.isfinite(logp)]
     if len(bad):
@@ -123,6 +129,8 @@ def score_tensor(df: pd.DataFrame, set_name: str, span: str, *, k: int | None = 
     of range, duplicate rows, an incomplete K×K×R grid for any prompt, non-finite logp_sum, or
     n_tokens that differ across conditions for one response.
     """
+    import pandas as pd
+
     rows = _select(df, set_name, span)
     k_found = int(max(rows["condition"].max(), rows["variant"].max())) + 1
     k = k_found if k is None else k
