@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -60,6 +61,18 @@ def _comparable(row: dict) -> dict:
 
 
 # ------------------------------------------------------------------ pure pieces
+
+
+def test_the_train_command_does_not_import_pandas() -> None:
+    """`si train` reads no score table, so its modules leave pandas (and pyarrow, ~75 MB of
+    resident memory in every training process) unimported. A fresh interpreter, because this
+    test process has imported pandas already."""
+    script = ("import sys\n"
+              "import si_toolkit.cli.train, si_toolkit.train.trainer, si_toolkit.train.api\n"
+              "print(sorted(m for m in ('pandas', 'pyarrow') if m in sys.modules))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_learning_rate_schedule() -> None:
