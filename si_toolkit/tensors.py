@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Literal, get_args
 import numpy as np
 import numpy.typing as npt
 
+from si_toolkit.errors import SIError
+
 if TYPE_CHECKING:  # pandas is imported where a table is read: `si train` needs only Span and never loads it
     import pandas as pd
-
-from si_toolkit.errors import SIError
 
 __all__ = ["SCORE_COLUMNS", "SPANS", "Span", "ScoreTensor", "score_tensor"]
 
