@@ -238,19 +238,20 @@ def test_eval_passes_run_float32_linear_layers_on_onednn(tiny_model_dir, pair_se
     from si_toolkit.backends import cpu_linear
     from si_toolkit.models import ResolvedModel, load_causal_lm
 
-    calls = []
+    calls, eval_calls = [], []  # every oneDNN product; those made inside each eval SAMI bound
     apply, bound = cpu_linear._OneDNNLinear.apply, trainer_module._sami_bound
-    monkeypatch.setattr(cpu_linear._OneDNNLinear, "apply", lambda *a: calls.append("eval" if in_eval else "") or apply(*a))
-    in_eval = False
+
+    def counted_apply(*args):
+        calls.append(1)
+        return apply(*args)
 
     def counted_bound(*args):
-        nonlocal in_eval
-        in_eval = True
-        try:
-            return bound(*args)
-        finally:
-            in_eval = False
+        before = len(calls)
+        value = bound(*args)
+        eval_calls.append(len(calls) - before)
+        return value
 
+    monkeypatch.setattr(cpu_linear._OneDNNLinear, "apply", counted_apply)
     monkeypatch.setattr(trainer_module, "_sami_bound", counted_bound)
     cfg = _config(tiny_model_dir, max_steps=1, eval_every=1, eval_prompts="builtin:arithmetic", n_eval_prompts=2)
     result = train(cfg, pair_set, tmp_path / "run")
@@ -259,7 +260,7 @@ def test_eval_passes_run_float32_linear_layers_on_onednn(tiny_model_dir, pair_se
                             dtype="float32", device="cpu")
     linears = sum(type(m) is torch.nn.Linear for m in policy.modules())  # the decoder's layers and the head
     # Every linear layer of a pass, not only the chunked head (which takes oneDNN anywhere).
-    assert (calls.count("eval") >= linears) == cpu_linear._ONEDNN
+    assert (sum(eval_calls) >= linears) == cpu_linear._ONEDNN
 
 
 def test_two_steps_log_every_metric_and_save_a_loadable_checkpoint(tiny_model_dir, pair_set, tmp_path) -> None:
