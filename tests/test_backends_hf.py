@@ -191,6 +191,25 @@ def test_sampler_truncation_matches_transformers() -> None:
         assert drawn <= kept and len(drawn) == len(kept), (cfg, drawn, kept)
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_sampling_in_a_buffer_draws_what_a_fresh_softmax_draws(dtype) -> None:
+    """The decode loop builds each step's CDF in one reused float32 buffer: the probabilities are
+    softmax(dtype=float32)'s bit for bit, so every configuration draws the same tokens."""
+    import torch
+
+    from si_toolkit.backends.decode import _probabilities, sample_tokens
+
+    logits = (torch.randn(8, 49152, generator=torch.Generator().manual_seed(1)) * 4).to(getattr(torch, dtype))
+    buffer = torch.full((8, 49152), float("nan"))
+    assert torch.equal(_probabilities(logits, buffer), torch.softmax(logits, -1, dtype=torch.float32))
+    for cfg in (SamplingConfig(), SamplingConfig(temperature=0.7, top_k=50), SamplingConfig(top_p=0.9)):
+        fresh = sample_tokens(logits, cfg, [torch.Generator().manual_seed(b) for b in range(8)])
+        reused = sample_tokens(logits, cfg, [torch.Generator().manual_seed(b) for b in range(8)], buffer)
+        assert torch.equal(fresh, reused), cfg
+    # a buffer of another shape is not used
+    assert torch.equal(_probabilities(logits, torch.empty(4, 49152)), torch.softmax(logits, -1, dtype=torch.float32))
+
+
 def test_shared_stems_group_rows_by_principle() -> None:
     from si_toolkit.backends.decode import MIN_SHARED_STEM, shared_stems
 
@@ -219,9 +238,9 @@ def _sampled_with_logits(model, prompts, cfg, monkeypatch, **patches):
     steps = []
     sample = decode.sample_tokens
 
-    def recording(logits, config, generators):
+    def recording(logits, config, generators, *buffer):
         steps.append(logits.clone())
-        return sample(logits, config, generators)
+        return sample(logits, config, generators, *buffer)
 
     with monkeypatch.context() as patched:
         patched.setattr(decode, "sample_tokens", recording)
@@ -260,6 +279,66 @@ def test_stems_kept_once_equal_stems_copied_to_every_row(tiny_backend, monkeypat
     assert len(fast_logits) == len(plain_logits) == 12
     for got, want in zip(fast_logits, plain_logits):
         torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("stems", [True, False], ids=["with-stem-cache", "without-stems"])
+def test_direct_steps_give_the_forward_logits_bit_for_bit(tiny_backend, monkeypatch, stems) -> None:
+    """A Llama model's one-token steps through DirectStep (no transformers forward) give exactly
+    the logits, hence the tokens, of the model's forward at every step."""
+    import torch
+
+    from si_toolkit.backends import decode
+    from si_toolkit.backends.decode_step import DirectStep
+
+    if stems:  # one principle's prompts: a shared system turn
+        principle = "Be a butler, sir, and answer with great and formal courtesy. " * 3
+        prompts = [render_prompt_ids(tiny_backend.tokenizer, principle, f"What is {q} + {q}?" + " Please." * q)
+                   for q in range(4)]
+    else:  # rows that share no leading token, of different lengths (left-padded)
+        prompts = [list(range(10 + q, 30 + 5 * q)) for q in range(4)]
+    assert any(decode.shared_stems(sorted(prompts))[0]) == stems
+    calls = []
+
+    class Counted(DirectStep):
+        def __call__(self, *args):
+            calls.append(1)
+            return super().__call__(*args)
+
+    cfg = SamplingConfig(max_new_tokens=10)
+    direct, direct_logits = _sampled_with_logits(tiny_backend.model, prompts, cfg, monkeypatch, CACHE_GROWTH=4,
+                                                 DirectStep=Counted)
+    assert len(calls) == 9  # every step after the prefill's
+    forward, forward_logits = _sampled_with_logits(tiny_backend.model, prompts, cfg, monkeypatch, CACHE_GROWTH=4,
+                                                   DirectStep=type("Off", (DirectStep,), {"supported": staticmethod(
+                                                       lambda model, cache: False)}))
+    assert [g.token_ids for g in direct] == [g.token_ids for g in forward]
+    assert len(direct_logits) == len(forward_logits) == 10
+    for got, want in zip(direct_logits, forward_logits):
+        assert torch.equal(got, want)
+
+
+def test_direct_steps_only_for_plain_llama_models(tiny_backend) -> None:
+    """A subclass, a model in training mode or transformers' own attention keep the forward."""
+    import copy
+
+    from transformers import StaticCache
+
+    from si_toolkit.backends.cpu_attention import grouped_attention
+    from si_toolkit.backends.decode_step import DirectStep
+
+    model = tiny_backend.model
+    cache = StaticCache(config=model.config, max_cache_len=8)
+    assert not DirectStep.supported(model, cache)  # SDPA attention outside grouped_attention
+    with grouped_attention(model, "cpu"):
+        assert DirectStep.supported(model, cache)
+        subclassed = copy.copy(model)
+        subclassed.__class__ = type("Custom", (type(model),), {})
+        assert not DirectStep.supported(subclassed, cache)
+        model.train()
+        try:
+            assert not DirectStep.supported(model, cache)
+        finally:
+            model.eval()
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
