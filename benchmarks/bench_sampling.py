@@ -33,7 +33,8 @@ def main() -> None:
                         help="also time the HF loop with torch.compile(model.forward, dynamic=True)")
     parser.add_argument("--levers", action="store_true",
                         help="also time the HF loop with each CPU lever turned off in turn (stem cache, packed "
-                             "weights, suffix groups, growing cache), in turn with the full loop in every repeat")
+                             "weights, suffix groups, growing cache, direct steps, CDF buffer), in turn with the full "
+                             "loop in every repeat")
     args = parser.parse_args()
 
     from si_toolkit.backends.base import SamplingConfig, prompt_seeds
@@ -51,6 +52,9 @@ def main() -> None:
             sample_batch(backend.model, prefixes[start:start + args.batch], seeds[start:start + args.batch], config,
                          pad_id=backend._pad_id, eos=set(), device=args.device)
 
+    # Both sides are warmed up on a few prompts before timing, vLLM in `_vllm_runner`: without it
+    # the first timed HF call of a process took 1.2-1.5x as long as the next ones.
+    sample_batch(backend.model, prefixes[:4], seeds[:4], config, pad_id=backend._pad_id, eos=set(), device=args.device)
     vllm_run = _vllm_runner(backend, prefixes, args) if args.vllm else None
     if vllm_run is None:
         t_hf, _ = common.median_time(hf_run, args.repeats)
@@ -76,14 +80,18 @@ def main() -> None:
     if args.levers:
         result["levers"] = _lever_ratios(hf_run, args.repeats)
     if vllm_run is not None:
+        # The headline ratio is of the two medians; the paired one (median over repeats of each
+        # repeat's own ratio) is printed beside it, since a repeat's two runs share the machine's state.
         result.update({"vllm_tok_per_s": total / t_v, "ratio_hf_vs_vllm": t_v / t_hf,
+                       "ratio_paired_median": statistics.median(v / h for v, h in zip(t_v_all, t_hf_all)),
                        "repeats_s": {"hf": t_hf_all, "vllm": t_v_all}})
     common.record("sampling", result)
     print(f"HF sampling {result['hf_tok_per_s']:.0f} tok/s"
           + (f"; compiled {result['hf_compiled_tok_per_s']:.0f} tok/s after a first run of "
              f"{result['compiled_first_run_s']:.0f} s; compiled/eager = {result['ratio_compiled_vs_eager']:.2f}x"
              if args.compile else "")
-          + (f"; HF/vLLM = {result['ratio_hf_vs_vllm']:.2f}x" if args.vllm else ""))
+          + (f"; HF/vLLM = {result['ratio_hf_vs_vllm']:.2f}x (per repeat, median {result['ratio_paired_median']:.2f}x)"
+             if args.vllm else ""))
     for lever, ratio in result.get("levers", {}).items():
         print(f"  without {lever}: {ratio:.2f}x the full loop's time")
 
@@ -93,11 +101,17 @@ def _lever_ratios(hf_run, repeats: int) -> dict[str, float]:
     Each repeat times the full loop and every variant in turn."""
     from si_toolkit.backends import cpu_linear, decode
 
+    class ModelForward(decode.DirectStep):  # never supported: the model's forward at every step
+        supported = staticmethod(lambda model, cache: False)
+
+    fresh_softmax = decode._probabilities
     variants = {  # lever -> (module, attribute, value that turns it off)
         "stem cache": (decode, "grouped_attention_active", lambda model: False),
         "packed weights": (cpu_linear, "_packing_available", lambda device: False),
         "suffix groups": (decode, "SUFFIX_GROUP_ROWS", 10**9),
         "growing cache": (decode, "CACHE_GROWTH", 10**9),
+        "direct steps": (decode, "DirectStep", ModelForward),
+        "CDF buffer": (decode, "_probabilities", lambda logits, buffer: fresh_softmax(logits, None)),
     }
     times: dict[str, list[float]] = {"all on": [], **{lever: [] for lever in variants}}
     for _ in range(repeats):
