@@ -47,14 +47,17 @@ def main() -> None:
     config = SamplingConfig(max_new_tokens=args.length)
     seeds = prompt_seeds(0, len(prefixes))
 
+    def hf_sample(start: int, stop: int) -> None:
+        sample_batch(backend.model, prefixes[start:stop], seeds[start:stop], config, pad_id=backend._pad_id, eos=set(),
+                     device=args.device)
+
     def hf_run() -> None:
         for start in range(0, len(prefixes), args.batch):
-            sample_batch(backend.model, prefixes[start:start + args.batch], seeds[start:start + args.batch], config,
-                         pad_id=backend._pad_id, eos=set(), device=args.device)
+            hf_sample(start, start + args.batch)
 
     # Both sides are warmed up on a few prompts before timing, vLLM in `_vllm_runner`: without it
     # the first timed HF call of a process took 1.2-1.5x as long as the next ones.
-    sample_batch(backend.model, prefixes[:4], seeds[:4], config, pad_id=backend._pad_id, eos=set(), device=args.device)
+    hf_sample(0, 4)
     vllm_run = _vllm_runner(backend, prefixes, args) if args.vllm else None
     if vllm_run is None:
         t_hf, _ = common.median_time(hf_run, args.repeats)

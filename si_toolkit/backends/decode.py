@@ -34,7 +34,7 @@ import torch
 from si_toolkit.backends.base import Generation, SamplingConfig
 from si_toolkit.backends.cpu_attention import StemCache, attending_to_stems, grouped_attention, grouped_attention_active
 from si_toolkit.backends.cpu_linear import packed_linears
-from si_toolkit.backends.decode_step import DirectStep
+from si_toolkit.backends.decode_step import DirectStep, plain_static_layers
 
 __all__ = ["sample_batch", "sample_tokens", "shared_stems", "left_pad", "cache_kwarg", "output_cache"]
 
@@ -165,7 +165,7 @@ def _prefill(model: Any, prompts: list[list[int]], max_new_tokens: int, pad_id: 
     stem_width, suffix_width = max(len(st) for st in stems), max(len(x) for x in suffixes)
     room = min(max_new_tokens, CACHE_GROWTH)  # for the first generated tokens; `_make_room` adds more
     cache = _preallocated_cache(model, stem_width + suffix_width + room)
-    if stem_width == 0 or cache is None or not _plain_static_layers(cache):
+    if stem_width == 0 or cache is None or not plain_static_layers(cache):
         ids, mask = left_pad(prompts, pad_id, device)
         positions = (mask.cumsum(1) - 1).clamp(min=0)
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1,
@@ -322,14 +322,6 @@ def left_pad(rows: Sequence[Sequence[int]], pad_id: int, device: str) -> tuple[t
     return ids.to(device), mask.to(device)
 
 
-def _plain_static_layers(cache: Any) -> bool:
-    """True when every cache layer is a full-attention static layer (rows can be copied freely)."""
-    from transformers.cache_utils import StaticLayer
-
-    layers = getattr(cache, "layers", None)
-    return bool(layers) and all(type(layer) is StaticLayer for layer in layers)
-
-
 def _trim(tokens: list[int], eos: set[int]) -> Generation:
     """Cut a generated row after its first EOS (kept: its probability is part of the response)."""
     for t, tok in enumerate(tokens):
@@ -347,7 +339,7 @@ def _make_room(cache: Any, needed: int) -> None:
     times less often than growing by concatenation at every step would.
     """
     layers = getattr(cache, "layers", None)
-    if not layers or not _plain_static_layers(cache) or layers[0].max_cache_len >= needed:
+    if not layers or not plain_static_layers(cache) or layers[0].max_cache_len >= needed:
         return
     for layer in layers:
         for name in ("keys", "values"):

@@ -22,7 +22,7 @@ import torch
 
 from si_toolkit.backends.cpu_attention import _attention, grouped_attention_active
 
-__all__ = ["DirectStep"]
+__all__ = ["DirectStep", "plain_static_layers"]
 
 
 class DirectStep:
@@ -41,16 +41,14 @@ class DirectStep:
         """Whether `model` and `cache` are what this step reproduces exactly."""
         try:
             from transformers import LlamaForCausalLM
-            from transformers.cache_utils import StaticLayer
             from transformers.models.llama.modeling_llama import LlamaDecoderLayer
         except ImportError:
             return False
-        layers = getattr(cache, "layers", None)
         # An exact class, not a subclass (a subclass may change the forward), and no wrapper.
         return (type(model) is LlamaForCausalLM and grouped_attention_active(model) and not model.training
-                and bool(layers) and all(type(layer) is StaticLayer for layer in layers)
+                and plain_static_layers(cache)
                 and all(type(layer) is LlamaDecoderLayer for layer in model.model.layers)
-                and len(layers) == len(model.model.layers))
+                and len(cache.layers) == len(model.model.layers))
 
     def __call__(self, token: torch.Tensor, mask: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
         from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
@@ -88,3 +86,12 @@ class DirectStep:
         allowed = torch.zeros(mask.shape[0], width, dtype=torch.bool, device=mask.device)
         allowed[:, :mask.shape[1]] = mask.bool()
         return allowed[:, None, None, :]
+
+
+def plain_static_layers(cache: Any) -> bool:
+    """True when every cache layer is a full-attention static layer (rows can be copied freely, and
+    a step may write its column directly)."""
+    from transformers.cache_utils import StaticLayer
+
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(type(layer) is StaticLayer for layer in layers)
