@@ -281,7 +281,7 @@ def test_stems_kept_once_equal_stems_copied_to_every_row(tiny_backend, monkeypat
         torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("stems", [True, False], ids=["with-stem-cache", "without-stems"])
+@pytest.mark.parametrize("stems", [(4,), (3, 1), ()], ids=["one-stem", "stems-of-unequal-rows", "without-stems"])
 def test_direct_steps_give_the_forward_logits_bit_for_bit(tiny_backend, monkeypatch, stems) -> None:
     """A Llama model's one-token steps through DirectStep (no transformers forward) give exactly
     the logits, hence the tokens, of the model's forward at every step."""
@@ -290,13 +290,14 @@ def test_direct_steps_give_the_forward_logits_bit_for_bit(tiny_backend, monkeypa
     from si_toolkit.backends import decode
     from si_toolkit.backends.decode_step import DirectStep
 
-    if stems:  # one principle's prompts: a shared system turn
-        principle = "Be a butler, sir, and answer with great and formal courtesy. " * 3
-        prompts = [render_prompt_ids(tiny_backend.tokenizer, principle, f"What is {q} + {q}?" + " Please." * q)
-                   for q in range(4)]
-    else:  # rows that share no leading token, of different lengths (left-padded)
+    principles = ("Be a butler, sir, and answer with great and formal courtesy. " * 3,
+                  "Be a pirate, and say arr at the start of every sentence you write. " * 2)
+    # Each principle's prompts share a system turn: a stem of that many rows.
+    prompts = [render_prompt_ids(tiny_backend.tokenizer, principle, f"What is {q} + {q}?" + " Please." * q)
+               for principle, n in zip(principles, stems) for q in range(n)]
+    if not stems:  # rows that share no leading token, of different lengths (left-padded)
         prompts = [list(range(10 + q, 30 + 5 * q)) for q in range(4)]
-    assert any(decode.shared_stems(sorted(prompts))[0]) == stems
+    assert len([s for s in decode.shared_stems(sorted(prompts))[0] if s]) == len(stems)
     calls = []
 
     class Counted(DirectStep):

@@ -14,6 +14,13 @@ Only plain `torch.nn.Linear` modules are packed, in bf16 or fp32, without gradie
 autocast (under autocast the layer must compute in autocast's dtype, as the trainer's loss
 forward does). Anything else, or a PyTorch build without the oneDNN ops, runs as before.
 
+Sibling layers that read the same input (an attention's q/k/v projections, an MLP's gate and
+up projections) are packed as one stacked matrix, as vLLM merges them: the first of them to see
+an input computes the stacked product, and the others return their slices of it. At 64 rows
+one stacked q/k/v product took 0.7x the time of the three apart, and gate/up 0.9x; packed
+together they take no more memory than packed apart. `stacked_linear` hands a caller that wants
+the whole stacked product (the direct decode step) exactly that tensor.
+
 `onednn_linears` is for the trainer's float32 passes, with gradients or without: PyTorch sends a
 float32 `F.linear` and its backward to the BLAS library it was built with (MKL for the
 PyPI wheels), while bf16 goes to oneDNN. On the AMD CPU this project is developed on, MKL's
@@ -25,15 +32,18 @@ are the same products summed in another order: float32 rounding, 1e-6 relative.
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 
-__all__ = ["linear", "matmul", "onednn_linears", "packed_linears"]
+__all__ = ["linear", "matmul", "onednn_linears", "packed_linears", "stacked_linear"]
 
 _PACKABLE = (torch.bfloat16, torch.float32)
 ROWS_HINT = 64  # the batch oneDNN picks the blocked layout for: a sampling call's rows
+# Children of one module that multiply the same input, packed as one stacked matrix.
+SIBLINGS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
 
 _ONEDNN = (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
@@ -54,6 +64,66 @@ def _packed_forward(weight: torch.Tensor, bias: torch.Tensor | None):
         return _linear(x, weight, bias)
 
     return forward
+
+
+class _StackedProduct:
+    """Linear layers that read one input, packed as one matrix of their stacked weights.
+
+    The product of the last input is kept, so the siblings called on the same tensor (unchanged
+    since: same object, same version counter) return their slices of it instead of multiplying
+    again. The slices are views of the stacked product, as vLLM's merged layers return them.
+    """
+
+    def __init__(self, modules: list[torch.nn.Linear]) -> None:
+        weight = torch.cat([m.weight.detach() for m in modules])
+        self.weight = torch.ops.mkldnn._reorder_linear_weight(weight, ROWS_HINT)
+        biases = [m.bias for m in modules]
+        self.bias = torch.cat([b.detach() for b in biases]) if biases[0] is not None else None
+        self.modules = modules
+        self.bounds = list(itertools.pairwise(itertools.accumulate([m.out_features for m in modules], initial=0)))
+        self._last: tuple[torch.Tensor, int, torch.Tensor] | None = None
+
+    def product(self, x: torch.Tensor) -> torch.Tensor:
+        last = self._last
+        if last is not None and last[0] is x and last[1] == _version(x):
+            return last[2]
+        out = _linear(x, self.weight, self.bias)
+        self._last = (x, _version(x), out)
+        return out
+
+    def member(self, index: int):
+        start, end = self.bounds[index]
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            return self.product(x)[..., start:end]
+
+        forward.stacked = self  # type: ignore[attr-defined]  # what `stacked_linear` looks for
+        return forward
+
+
+def _version(x: torch.Tensor) -> int:
+    """x's in-place version counter (-1 for an inference tensor, which has none and cannot be
+    changed in place outside inference mode)."""
+    return -1 if x.is_inference() else x._version
+
+
+def _stackable(modules: list[Any]) -> bool:
+    """Plain linear layers of one packable dtype and input width, with biases on all or none."""
+    if not all(type(m) is torch.nn.Linear for m in modules):
+        return False
+    dtype, width, has_bias = modules[0].weight.dtype, modules[0].in_features, modules[0].bias is not None
+    return dtype in _PACKABLE and all(
+        m.weight.dtype == dtype and m.in_features == width and (m.bias is not None) == has_bias
+        and (m.bias is None or m.bias.dtype == dtype) for m in modules)
+
+
+def stacked_linear(modules: tuple[torch.nn.Module, ...], x: torch.Tensor) -> torch.Tensor:
+    """The outputs of `modules` on x side by side along the last dimension: the stacked product
+    itself where they were packed as one (in this order), else their outputs concatenated."""
+    stacked = getattr(modules[0].__dict__.get("forward"), "stacked", None)
+    if stacked is not None and stacked.modules == list(modules):
+        return stacked.product(x)
+    return torch.cat([m(x) for m in modules], -1)
 
 
 def _patch(modules: list[torch.nn.Module], forwards: list[Any]) -> list[tuple[torch.nn.Module, Any]]:
@@ -83,10 +153,16 @@ def packed_linears(model: Any, device: str) -> Iterator[None]:
         yield
         return
     linears, forwards = [], []
+    for parent in model.modules():
+        for names in SIBLINGS:
+            siblings = [getattr(parent, name, None) for name in names]
+            if _stackable(siblings) and not {id(m) for m in siblings} & {id(m) for m in linears}:
+                stacked = _StackedProduct(siblings)
+                linears += siblings
+                forwards += [stacked.member(i) for i in range(len(siblings))]
+    grouped = {id(m) for m in linears}
     for module in model.modules():
-        if type(module) is not torch.nn.Linear or module.weight.dtype not in _PACKABLE:
-            continue
-        if module.bias is not None and module.bias.dtype != module.weight.dtype:
+        if id(module) in grouped or not _stackable([module]):
             continue
         weight = torch.ops.mkldnn._reorder_linear_weight(module.weight.detach(), ROWS_HINT)
         linears.append(module)

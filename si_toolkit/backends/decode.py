@@ -17,8 +17,10 @@ What makes it fast on a CPU (each measured in benchmarks/README.md):
   and on CPU keep its keys and values once (`cpu_attention.StemCache`): a decode step reads the
   stem once per stem instead of once per row, which is most of what it reads;
 * one-token steps use `cpu_attention.grouped_attention` in place of SDPA's flash kernel;
-* linear layers multiply by weights packed once per call into oneDNN's layout (`cpu_linear`);
-* a Llama model's one-token steps skip the forward's per-call bookkeeping (`decode_step`).
+* linear layers multiply by weights packed once per call into oneDNN's layout, sibling
+  projections (q/k/v, gate/up) as one stacked matrix (`cpu_linear`);
+* a Llama model's one-token steps skip the forward's per-call bookkeeping, and build their
+  masks once per step rather than once per layer (`decode_step`).
 """
 
 from __future__ import annotations

@@ -5,13 +5,23 @@ attention. Around them, the model's forward does per-step work a sampling loop d
 it builds a 4-D attention mask from the 2-D one, writes each layer's new key and value through
 `index_copy_` with a fresh position tensor, and passes keyword arguments and output records
 through every module. `DirectStep` runs the same modules (embedding, rotary embedding, norms,
-projections, MLPs, lm-head) in the order `LlamaDecoderLayer` runs them, with the grouped
-attention of `cpu_attention` that the forward would call, so its logits are the forward's bit
-for bit (tested); only the bookkeeping is gone. Interleaved step by step with the forward on
-the sampling benchmark (64 rows, bf16), a step took 0.95x the forward's time
-(benchmarks/README.md). It is used where that equality is known to hold: a plain
-`LlamaForCausalLM` (the embedded model's architecture), under the grouped CPU attention, with a
-static cache. Anything else runs the model's forward.
+projections, MLPs, lm-head) in the order `LlamaDecoderLayer` runs them, and computes what the
+forward computes, so its logits are the forward's bit for bit (tested). On top of dropping the
+bookkeeping, it does once per step what the forward does once per layer, and uses one product
+where the forward uses several:
+
+* the masks become additive biases once per step (the stems' once per loop), added inside each
+  layer's score matmul (`cpu_attention.one_token_attention`);
+* q/k/v and gate/up are one stacked product each (`cpu_linear.stacked_linear`; inside
+  `packed_linears` they are packed as one matrix), and the rotary embedding turns the queries
+  and keys in one pass over the stacked output.
+
+Interleaved step by step with the model's forward on the sampling benchmark (64 rows, bf16), a
+step took 0.95x the forward's time with the bookkeeping gone, and the stacked products and
+per-step biases took a further 0.89–0.905x (benchmarks/README.md). It is used where the
+equality with the forward is known to hold: a plain `LlamaForCausalLM` (the embedded model's
+architecture), under the grouped CPU attention, with a static cache. Anything else runs the
+model's forward.
 """
 
 from __future__ import annotations
@@ -20,7 +30,9 @@ from typing import Any
 
 import torch
 
-from si_toolkit.backends.cpu_attention import _attention, grouped_attention_active
+from si_toolkit.backends.cpu_attention import (current_stems, grouped_attention_active, one_token_attention,
+                                               score_bias, stem_score_bias)
+from si_toolkit.backends.cpu_linear import stacked_linear
 
 __all__ = ["DirectStep", "plain_static_layers"]
 
@@ -35,6 +47,10 @@ class DirectStep:
 
     def __init__(self, model: Any, cache: Any) -> None:
         self.model, self.cache = model, cache
+        config = model.config
+        self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
+        self.head_dim = model.model.layers[0].self_attn.head_dim
+        self._stem_bias: tuple[Any, list[torch.Tensor]] | None = None  # (the stems, their biases)
 
     @staticmethod
     def supported(model: Any, cache: Any) -> bool:
@@ -51,41 +67,53 @@ class DirectStep:
                 and len(cache.layers) == len(model.model.layers))
 
     def __call__(self, token: torch.Tensor, mask: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
-        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+        from transformers.models.llama.modeling_llama import rotate_half
 
         inner = self.model.model
         hidden = inner.embed_tokens(token[:, None])
-        cos, sin = inner.rotary_emb(hidden, position)
+        cos, sin = (t.unsqueeze(2) for t in inner.rotary_emb(hidden, position))  # (B, 1, 1, D): every head
         written = mask.shape[1] - 1  # the cache column of the new token, in every row
-        allowed = self._allowed(mask)
-        rows = hidden.shape[0]
+        rows, heads, kv_heads, dim = hidden.shape[0], self.heads, self.kv_heads, self.head_dim
+        bias = score_bias(self._allowed(mask), kv_heads, heads // kv_heads, hidden.dtype)
+        stem_bias = self._stems_bias(hidden.dtype)
         for layer, cached in zip(inner.layers, self.cache.layers):
-            attn = layer.self_attn
+            attn, mlp = layer.self_attn, layer.mlp
             residual = hidden
-            hidden = layer.input_layernorm(hidden)
-            heads_shape = (rows, 1, -1, attn.head_dim)
-            query = attn.q_proj(hidden).view(heads_shape).transpose(1, 2)
-            key = attn.k_proj(hidden).view(heads_shape).transpose(1, 2)
-            value = attn.v_proj(hidden).view(heads_shape).transpose(1, 2)
-            query, key = apply_rotary_pos_emb(query, key, cos, sin)
+            qkv = stacked_linear((attn.q_proj, attn.k_proj, attn.v_proj), layer.input_layernorm(hidden))
+            # Queries and keys side by side, (B, 1, H + KV heads, D): one rotary pass turns both,
+            # with the per-element products apply_rotary_pos_emb computes for each.
+            qk = qkv[..., :(heads + kv_heads) * dim].view(rows, 1, heads + kv_heads, dim)
+            qk = qk * cos + rotate_half(qk) * sin
             # One column of every row: a plain copy, where the cache's own update writes through
             # index_copy_ with a position tensor built for it. The cache's own position counter
             # is left as it was: once a loop takes direct steps, the model never sees the cache again.
-            cached.keys[:, :, written] = key[:, :, 0]
-            cached.values[:, :, written] = value[:, :, 0]
-            out, _ = _attention(attn, query, cached.keys, cached.values, allowed, dropout=0.0, scaling=attn.scaling)
-            hidden = residual + attn.o_proj(out.reshape(rows, 1, -1).contiguous())
+            cached.keys[:, :, written] = qk[:, 0, heads:]
+            cached.values[:, :, written] = qkv[:, 0, (heads + kv_heads) * dim:].view(rows, kv_heads, dim)
+            out = one_token_attention(qk[:, 0, :heads], cached.keys, cached.values, bias, attn.layer_idx,
+                                      attn.scaling, stem_bias)
+            hidden = residual + attn.o_proj(out.view(rows, 1, heads * dim))
             residual = hidden
-            hidden = residual + layer.mlp(layer.post_attention_layernorm(hidden))
+            gate_up = stacked_linear((mlp.gate_proj, mlp.up_proj), layer.post_attention_layernorm(hidden))
+            width = gate_up.shape[-1] // 2
+            hidden = residual + mlp.down_proj(mlp.act_fn(gate_up[..., :width]) * gate_up[..., width:])
         return self.model.lm_head(inner.norm(hidden)[:, -1])
 
     def _allowed(self, mask: torch.Tensor) -> torch.Tensor:
-        """(B, 1, 1, cache length) booleans, True = may attend: the 2-D mask over the filled
-        positions, nothing beyond them (the mask transformers builds for a static cache)."""
+        """(B, cache length) booleans, True = may attend: the 2-D mask over the filled positions,
+        nothing beyond them (the mask transformers builds for a static cache)."""
         width = self.cache.layers[0].keys.shape[2]
         allowed = torch.zeros(mask.shape[0], width, dtype=torch.bool, device=mask.device)
         allowed[:, :mask.shape[1]] = mask.bool()
-        return allowed[:, None, None, :]
+        return allowed
+
+    def _stems_bias(self, dtype: torch.dtype) -> list[torch.Tensor] | None:
+        """The stems' biases, built at the first step that sees these stems (they stay for the loop)."""
+        stems = current_stems()
+        if stems is None:
+            return None
+        if self._stem_bias is None or self._stem_bias[0] is not stems:
+            self._stem_bias = (stems, stem_score_bias(stems, self.kv_heads, self.heads // self.kv_heads, dtype))
+        return self._stem_bias[1]
 
 
 def plain_static_layers(cache: Any) -> bool:
