@@ -111,6 +111,7 @@ def _lever_ratios(hf_run, repeats: int) -> dict[str, float]:
     variants = {  # lever -> (module, attribute, value that turns it off)
         "stem cache": (decode, "grouped_attention_active", lambda model: False),
         "packed weights": (cpu_linear, "_packing_available", lambda device: False),
+        "stacked projections": (cpu_linear, "SIBLINGS", ()),
         "suffix groups": (decode, "SUFFIX_GROUP_ROWS", 10**9),
         "growing cache": (decode, "CACHE_GROWTH", 10**9),
         "direct steps": (decode, "DirectStep", ModelForward),
