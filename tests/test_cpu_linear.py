@@ -110,11 +110,15 @@ def test_siblings_packed_as_one_give_each_layers_product(dtype, bias) -> None:
             assert len(products) == 1  # one stacked product for the three layers
             got_y = [m(y) for m in layers]  # another input: multiplied again
             assert len(products) == 2
+            assert block.q_proj.forward.stacked._kept is None  # every slice taken: the product dropped
             stacked = stacked_linear(layers, y)
-            assert len(products) == 2  # the product of y is the one just computed
+            assert len(products) == 3
+            block.q_proj(x)
             x.mul_(2)  # changed in place since its product: multiplied again
             twice = block.k_proj(x)
-            assert len(products) == 3
+            assert len(products) == 5
+            block.k_proj(x)  # a slice taken twice: multiplied again
+            assert len(products) == 6
         finally:
             cpu_linear._linear = original
     for got, want in zip(got_x + got_y, want_x + want_y):

@@ -69,9 +69,11 @@ def _packed_forward(weight: torch.Tensor, bias: torch.Tensor | None):
 class _StackedProduct:
     """Linear layers that read one input, packed as one matrix of their stacked weights.
 
-    The product of the last input is kept, so the siblings called on the same tensor (unchanged
-    since: same object, same version counter) return their slices of it instead of multiplying
-    again. The slices are views of the stacked product, as vLLM's merged layers return them.
+    The product of an input is kept until every sibling has taken its slice, so the siblings
+    called on the same tensor (unchanged since: same object, same version counter) return their
+    slices of it instead of multiplying again; then it is dropped, so a prompt pass does not hold
+    every layer's product at once. The slices are views of the stacked product, as vLLM's merged
+    layers return them.
     """
 
     def __init__(self, modules: list[torch.nn.Linear]) -> None:
@@ -81,21 +83,25 @@ class _StackedProduct:
         self.bias = torch.cat([b.detach() for b in biases]) if biases[0] is not None else None
         self.modules = modules
         self.bounds = list(itertools.pairwise(itertools.accumulate([m.out_features for m in modules], initial=0)))
-        self._last: tuple[torch.Tensor, int, torch.Tensor] | None = None
+        self._kept: tuple[torch.Tensor, int, torch.Tensor] | None = None  # (input, its version, product)
+        self._waiting: set[int] = set()  # the siblings that have not taken their slice of it
 
     def product(self, x: torch.Tensor) -> torch.Tensor:
-        last = self._last
-        if last is not None and last[0] is x and last[1] == _version(x):
-            return last[2]
-        out = _linear(x, self.weight, self.bias)
-        self._last = (x, _version(x), out)
-        return out
+        """The stacked product of x (computed, not kept)."""
+        return _linear(x, self.weight, self.bias)
 
     def member(self, index: int):
         start, end = self.bounds[index]
 
         def forward(x: torch.Tensor) -> torch.Tensor:
-            return self.product(x)[..., start:end]
+            kept = self._kept
+            if kept is None or kept[0] is not x or kept[1] != _version(x) or index not in self._waiting:
+                kept = (x, _version(x), self.product(x))
+                self._kept, self._waiting = kept, set(range(len(self.modules)))
+            self._waiting.discard(index)
+            if not self._waiting:
+                self._kept = None
+            return kept[2][..., start:end]
 
         forward.stacked = self  # type: ignore[attr-defined]  # what `stacked_linear` looks for
         return forward
