@@ -30,7 +30,9 @@ def variants(k: int = 4) -> list[str]:
 
 def workload(tokenizer: Any, *, k: int = 4, n_prompts: int = 32, replicates: int = 1, length: int = 128,
              seed: int = 0) -> tuple[list[list[int]], list[list[tuple[int, ...]]]]:
-    """(prefixes[x*k + i], responses[x] = the k*R responses of prompt x)."""
+    """(prefixes[x*k + i], responses[x] = the k*R responses of prompt x, random ids of length ± 16).
+
+    length must be at least 1."""
     from si_toolkit.chat import render_prompt_ids
     from si_toolkit.prompts import load_prompts
 
@@ -39,8 +41,10 @@ def workload(tokenizer: Any, *, k: int = 4, n_prompts: int = 32, replicates: int
     texts = variants(k)
     prefixes = [render_prompt_ids(tokenizer, t, p.text) for p in prompts for t in texts]
     vocab = len(tokenizer)
+    spread = min(16, length - 1)  # responses of length ± 16 tokens, never empty
     responses = [
-        [tuple(int(t) for t in rng.integers(100, vocab - 1, size=int(rng.integers(length - 16, length + 17))))
+        [tuple(int(t) for t in rng.integers(100, vocab - 1,
+                                            size=int(rng.integers(length - spread, length + spread + 1))))
          for _ in range(k * replicates)]
         for _ in prompts
     ]
