@@ -113,8 +113,9 @@ def _version(x: torch.Tensor) -> int:
     return -1 if x.is_inference() else x._version
 
 
-def _stackable(modules: list[Any]) -> bool:
-    """Plain linear layers of one packable dtype and input width, with biases on all or none."""
+def _packable_as_one(modules: list[Any]) -> bool:
+    """Whether `modules` can be packed as one matrix: plain linear layers of one packable dtype and
+    input width, with biases on all or none (a single layer: whether it can be packed at all)."""
     if not all(type(m) is torch.nn.Linear for m in modules):
         return False
     dtype, width, has_bias = modules[0].weight.dtype, modules[0].in_features, modules[0].bias is not None
@@ -162,13 +163,13 @@ def packed_linears(model: Any, device: str) -> Iterator[None]:
     for parent in model.modules():
         for names in SIBLINGS:
             siblings = [getattr(parent, name, None) for name in names]
-            if _stackable(siblings) and not {id(m) for m in siblings} & {id(m) for m in linears}:
+            if _packable_as_one(siblings) and not {id(m) for m in siblings} & {id(m) for m in linears}:
                 stacked = _StackedProduct(siblings)
                 linears += siblings
                 forwards += [stacked.member(i) for i in range(len(siblings))]
     grouped = {id(m) for m in linears}
     for module in model.modules():
-        if id(module) in grouped or not _stackable([module]):
+        if id(module) in grouped or not _packable_as_one([module]):
             continue
         weight = torch.ops.mkldnn._reorder_linear_weight(module.weight.detach(), ROWS_HINT)
         linears.append(module)
