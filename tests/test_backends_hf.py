@@ -281,10 +281,14 @@ def test_stems_kept_once_equal_stems_copied_to_every_row(tiny_backend, monkeypat
         torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("autocast", [False, True], ids=["float32", "bf16-autocast"])
 @pytest.mark.parametrize("stems", [(4,), (3, 1), ()], ids=["one-stem", "stems-of-unequal-rows", "without-stems"])
-def test_direct_steps_give_the_forward_logits_bit_for_bit(tiny_backend, monkeypatch, stems) -> None:
+def test_direct_steps_give_the_forward_logits_bit_for_bit(tiny_backend, monkeypatch, stems, autocast) -> None:
     """A Llama model's one-token steps through DirectStep (no transformers forward) give exactly
-    the logits, hence the tokens, of the model's forward at every step."""
+    the logits, hence the tokens, of the model's forward at every step; also under bf16 autocast,
+    as the trainer's rollouts run with bf16 on."""
+    import contextlib
+
     import torch
 
     from si_toolkit.backends import decode
@@ -306,12 +310,15 @@ def test_direct_steps_give_the_forward_logits_bit_for_bit(tiny_backend, monkeypa
             return super().__call__(*args)
 
     cfg = SamplingConfig(max_new_tokens=10)
-    direct, direct_logits = _sampled_with_logits(tiny_backend.model, prompts, cfg, monkeypatch, CACHE_GROWTH=4,
-                                                 DirectStep=Counted)
-    assert len(calls) == 9  # every step after the prefill's
-    forward, forward_logits = _sampled_with_logits(tiny_backend.model, prompts, cfg, monkeypatch, CACHE_GROWTH=4,
-                                                   DirectStep=type("Off", (DirectStep,), {"supported": staticmethod(
-                                                       lambda model, cache: False)}))
+    precision = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+    with precision:
+        direct, direct_logits = _sampled_with_logits(tiny_backend.model, prompts, cfg, monkeypatch, CACHE_GROWTH=4,
+                                                     DirectStep=Counted)
+        assert len(calls) == 9  # every step after the prefill's
+        forward, forward_logits = _sampled_with_logits(tiny_backend.model, prompts, cfg, monkeypatch, CACHE_GROWTH=4,
+                                                       DirectStep=type("Off", (DirectStep,), {
+                                                           "supported": staticmethod(lambda model, cache: False)}))
+    assert direct_logits[-1].dtype == (torch.bfloat16 if autocast else torch.float32)
     assert [g.token_ids for g in direct] == [g.token_ids for g in forward]
     assert len(direct_logits) == len(forward_logits) == 10
     for got, want in zip(direct_logits, forward_logits):

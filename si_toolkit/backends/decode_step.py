@@ -74,8 +74,11 @@ class DirectStep:
         cos, sin = (t.unsqueeze(2) for t in inner.rotary_emb(hidden, position))  # (B, 1, 1, D): every head
         written = mask.shape[1] - 1  # the cache column of the new token, in every row
         rows, heads, kv_heads, dim = hidden.shape[0], self.heads, self.kv_heads, self.head_dim
-        bias = score_bias(self._allowed(mask), kv_heads, heads // kv_heads, hidden.dtype)
-        stem_bias = self._stems_bias(hidden.dtype)
+        # The biases in the dtype the score products run in, the cache's (bf16 under autocast,
+        # where a float32 bias would round its lowest value to -inf).
+        score_dtype = self.cache.layers[0].keys.dtype
+        bias = score_bias(self._allowed(mask), kv_heads, heads // kv_heads, score_dtype)
+        stem_bias = self._stems_bias(score_dtype)
         for layer, cached in zip(inner.layers, self.cache.layers):
             attn, mlp = layer.self_attn, layer.mlp
             residual = hidden
