@@ -151,18 +151,27 @@ def _by_stem(per_row: torch.Tensor, per_stem: torch.Tensor, stems: StemCache,
     bias: one tensor per call, in the stacked layout (`stem_score_bias`)."""
     batch, kv_heads, m, e = per_row.shape
     f = per_stem.shape[-1]
+    stacked = _stacked_by_stem(per_row, stems)
+    if len(stacked) == 1:  # every stem has as many rows
+        k = len(stems.bounds)
+        n = batch // k
+        out = _product(stacked[0], per_stem.reshape(k * kv_heads, e, f), bias[0] if bias else None)
+        return out.view(k, kv_heads, n, m, f).transpose(1, 2).reshape(batch, kv_heads, m, f)
+    parts = [_product(rows, per_stem[s], bias[s] if bias else None).view(kv_heads, end - start, m, f).transpose(0, 1)
+             for s, (rows, (start, end)) in enumerate(zip(stacked, stems.bounds))]
+    return torch.cat(parts, 0)
+
+
+def _stacked_by_stem(per_row: torch.Tensor, stems: StemCache) -> list[torch.Tensor]:
+    """(B, KV heads, M, E) laid out as `_by_stem` multiplies it: one (stems·KV heads, rows·M, E)
+    tensor when every stem has as many rows, else one (KV heads, rows of the stem·M, E) per stem."""
+    batch, kv_heads, m, e = per_row.shape
     sizes = {end - start for start, end in stems.bounds}
     if len(sizes) == 1:
         n, k = sizes.pop(), len(stems.bounds)
-        stacked = per_row.view(k, n, kv_heads, m, e).transpose(1, 2).reshape(k * kv_heads, n * m, e)
-        out = _product(stacked, per_stem.reshape(k * kv_heads, e, f), bias[0] if bias else None)
-        return out.view(k, kv_heads, n, m, f).transpose(1, 2).reshape(batch, kv_heads, m, f)
-    parts = []
-    for s, (start, end) in enumerate(stems.bounds):
-        stacked = per_row[start:end].transpose(0, 1).reshape(kv_heads, (end - start) * m, e)
-        parts.append(_product(stacked, per_stem[s], bias[s] if bias else None)
-                     .view(kv_heads, end - start, m, f).transpose(0, 1))
-    return torch.cat(parts, 0)
+        return [per_row.view(k, n, kv_heads, m, e).transpose(1, 2).reshape(k * kv_heads, n * m, e)]
+    return [per_row[start:end].transpose(0, 1).reshape(kv_heads, (end - start) * m, e)
+            for start, end in stems.bounds]
 
 
 def _product(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -178,27 +187,25 @@ def _product(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None) -> tor
 
 
 def score_bias(allowed: torch.Tensor, kv_heads: int, group: int, dtype: torch.dtype) -> torch.Tensor:
-    """(B·KV heads, G, L) additive mask for one-token queries: 0 where `allowed` (B, L) is True,
-    the lowest finite value where it is False (as `_attention` masks: never -inf)."""
+    """(B·KV heads, G, L) additive mask for one-token queries from `allowed` (B, L)."""
     batch, width = allowed.shape
-    bias = torch.zeros(batch, width, dtype=dtype, device=allowed.device)
-    bias.masked_fill_(~allowed, torch.finfo(dtype).min)
+    bias = _additive_mask(allowed, dtype)
     return bias[:, None, None, :].expand(batch, kv_heads, group, width).reshape(batch * kv_heads, group, width)
 
 
 def stem_score_bias(stems: StemCache, kv_heads: int, group: int, dtype: torch.dtype) -> list[torch.Tensor]:
     """The stems' `row_mask` as additive biases for one-token queries, laid out as `_by_stem`
-    stacks the rows of each stem: one (stems·KV heads, rows·G, S) tensor when every stem has as
-    many rows, else one (KV heads, rows of the stem·G, S) per stem."""
-    width = stems.row_mask.shape[1]
-    bias = torch.zeros(stems.row_mask.shape, dtype=dtype, device=stems.row_mask.device)
-    bias.masked_fill_(~stems.row_mask, torch.finfo(dtype).min)
-    sizes = {end - start for start, end in stems.bounds}
-    if len(sizes) == 1:
-        n, k = sizes.pop(), len(stems.bounds)
-        return [bias.view(k, 1, n, 1, width).expand(k, kv_heads, n, group, width).reshape(k * kv_heads, n * group, width)]
-    return [bias[start:end].view(1, end - start, 1, width).expand(kv_heads, end - start, group, width)
-            .reshape(kv_heads, (end - start) * group, width) for start, end in stems.bounds]
+    stacks the rows of each stem."""
+    batch, width = stems.row_mask.shape
+    bias = _additive_mask(stems.row_mask, dtype)
+    return _stacked_by_stem(bias[:, None, None, :].expand(batch, kv_heads, group, width), stems)
+
+
+def _additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """0 where `allowed` is True, the lowest finite value where it is False (as `_attention`
+    masks: never -inf)."""
+    bias = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+    return bias.masked_fill_(~allowed, torch.finfo(dtype).min)
 
 
 def one_token_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor,

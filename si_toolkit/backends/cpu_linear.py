@@ -160,14 +160,15 @@ def packed_linears(model: Any, device: str) -> Iterator[None]:
         yield
         return
     linears, forwards = [], []
+    grouped: set[int] = set()  # the layers packed with their siblings
     for parent in model.modules():
         for names in SIBLINGS:
             siblings = [getattr(parent, name, None) for name in names]
-            if _packable_as_one(siblings) and not {id(m) for m in siblings} & {id(m) for m in linears}:
+            if _packable_as_one(siblings) and not grouped & {id(m) for m in siblings}:
                 stacked = _StackedProduct(siblings)
                 linears += siblings
                 forwards += [stacked.member(i) for i in range(len(siblings))]
-    grouped = {id(m) for m in linears}
+                grouped |= {id(m) for m in siblings}
     for module in model.modules():
         if id(module) in grouped or not _packable_as_one([module]):
             continue
