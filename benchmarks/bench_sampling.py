@@ -33,8 +33,8 @@ def main() -> None:
                         help="also time the HF loop with torch.compile(model.forward, dynamic=True)")
     parser.add_argument("--levers", action="store_true",
                         help="also time the HF loop with each CPU lever turned off in turn (stem cache, packed "
-                             "weights, suffix groups, growing cache, direct steps, CDF buffer), in turn with the full "
-                             "loop in every repeat")
+                             "weights, stacked projections, suffix groups, growing cache, direct steps, CDF "
+                             "buffer), in turn with the full loop in every repeat")
     args = parser.parse_args()
 
     from si_toolkit.backends.base import SamplingConfig, prompt_seeds
